@@ -1,0 +1,77 @@
+"""ClmTrainingArguments: TrainingArguments plus the names of the plugins a run uses."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from transformers import TrainingArguments
+
+from clmkit.errors import ConfigError
+
+_KWARG_FIELDS = ("chunker_kwargs", "collator_kwargs", "loss_kwargs")
+
+
+@dataclass
+class ClmTrainingArguments(TrainingArguments):
+    """Everything ``TrainingArguments`` offers, plus clmkit's data and plugin choices.
+
+    Every choice is a name looked up in a registry (``clmkit plugins`` lists them); the matching
+    ``*_kwargs`` are passed to the registered factory. ``HfArgumentParser`` parses it from flags
+    (``--loss keytoken --loss_kwargs '{"alpha": 1.0}'``) and from YAML or JSON files.
+    """
+
+    context_length: int = field(default=128, metadata={"help": "Tokens per training example."})
+    text_column: str = field(default="content", metadata={"help": "Column of the raw datasets holding the text."})
+    chunker: str = field(
+        default="concat",
+        metadata={"help": "How documents become examples: 'concat' (join with EOS, cut blocks) or 'overflow'."},
+    )
+    chunker_kwargs: dict | str | None = field(default=None, metadata={"help": "JSON keyword arguments of the chunker."})
+    collator: str = field(default="causal", metadata={"help": "How examples become batches."})
+    collator_kwargs: dict | str | None = field(
+        default=None, metadata={"help": "JSON keyword arguments of the collator."}
+    )
+    loss: str = field(default="cross_entropy", metadata={"help": "Loss name: 'cross_entropy' or 'keytoken'."})
+    loss_kwargs: dict | str | None = field(
+        default=None, metadata={"help": 'JSON keyword arguments of the loss, e.g. \'{"keywords": ["plt"]}\'.'}
+    )
+    param_grouper: str = field(
+        default="decay_except_bias_and_norm",
+        metadata={"help": "Which parameters get weight decay."},
+    )
+    chunked_loss: bool = field(
+        default=True,
+        metadata={"help": "Compute token losses chunk by chunk from hidden states, never holding all logits."},
+    )
+    remove_unused_columns: bool = field(
+        default=False, metadata={"help": "Kept False: chunkers may add columns their collator needs."}
+    )
+    preprocessing_num_workers: int | None = field(
+        default=None, metadata={"help": "Processes for tokenizing and chunking (datasets.map num_proc)."}
+    )
+
+    def __post_init__(self) -> None:
+        for name in _KWARG_FIELDS:
+            value = getattr(self, name)
+            if value is None:
+                value = {}
+            elif isinstance(value, str):
+                try:
+                    value = json.loads(value)
+                except json.JSONDecodeError as exc:
+                    raise ConfigError(
+                        f"--{name} is not valid JSON ({exc.msg} at column {exc.colno}): {value!r}. "
+                        'Pass a JSON object, e.g. \'{"alpha": 1.0}\'.'
+                    ) from None
+            if not isinstance(value, dict):
+                raise ConfigError(f"{name} must be a JSON object (a mapping), got {value!r}.")
+            setattr(self, name, value)
+        if self.context_length < 2:
+            raise ConfigError(f"context_length must be at least 2 tokens, got {self.context_length}.")
+        super().__post_init__()
+
+    def plugin_kwargs(self, name: str) -> dict[str, Any]:
+        """The keyword arguments for one plugin kind (``chunker``, ``collator``, ``loss``), as a dict."""
+        return dict(getattr(self, f"{name}_kwargs") or {})

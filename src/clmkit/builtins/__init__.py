@@ -1,0 +1,1 @@
+"""clmkit's built-in plugins: ordinary plugins registered exactly like third-party ones."""

@@ -1,0 +1,56 @@
+"""Built-in collator ``causal``: pad with EOS, mask labels at padding only."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from clmkit.cross_entropy import IGNORE_INDEX
+from clmkit.errors import DataError
+from clmkit.hookspecs import Register, hookimpl
+
+
+class CausalCollator:
+    """The seed's ``DataCollatorForLanguageModeling(mlm=False)`` with pad = EOS, done right.
+
+    Labels are the input ids, ``-100`` only at padding positions (known from the lengths, not
+    from the token id), so a real EOS stays a target and the model learns to end documents.
+    Extra integer columns of the examples (e.g. ``position_ids``) are padded with 0 and passed on.
+    """
+
+    def __init__(self, tokenizer: Any, pad_to_multiple_of: int | None = None) -> None:
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        if pad is None:
+            raise DataError(
+                "the tokenizer has neither a pad nor an EOS token; the causal collator pads with one of them. "
+                "Set tokenizer.eos_token (e.g. '<|endoftext|>')."
+            )
+        self.pad_token_id = int(pad)
+        self.pad_to_multiple_of = pad_to_multiple_of
+
+    def __call__(self, examples: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        lengths = [len(ex["input_ids"]) for ex in examples]
+        width = max(lengths)
+        if self.pad_to_multiple_of:
+            width = -(-width // self.pad_to_multiple_of) * self.pad_to_multiple_of
+        input_ids = torch.full((len(examples), width), self.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(examples), width), dtype=torch.long)
+        extra = {
+            key: torch.zeros((len(examples), width), dtype=torch.long)
+            for key in examples[0]
+            if key not in ("input_ids", "attention_mask", "labels")
+        }
+        for row, (ex, n) in enumerate(zip(examples, lengths, strict=True)):
+            input_ids[row, :n] = torch.as_tensor(ex["input_ids"], dtype=torch.long)
+            attention_mask[row, :n] = 1
+            for key, tensor in extra.items():
+                tensor[row, :n] = torch.as_tensor(ex[key], dtype=torch.long)
+        labels = input_ids.masked_fill(attention_mask == 0, IGNORE_INDEX)
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels, **extra}
+
+
+@hookimpl
+def clmkit_register_collators(register: Register) -> None:
+    register("causal", CausalCollator)

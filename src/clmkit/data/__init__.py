@@ -1,0 +1,1 @@
+"""Corpora and tokenizers that exist locally: the embedded default corpus, files, directories."""

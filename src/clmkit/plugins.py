@@ -1,0 +1,223 @@
+"""The plugin manager: built-ins, entry points, allow/block lists, and the registries they fill."""
+
+from __future__ import annotations
+
+import inspect
+import os
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from importlib.metadata import EntryPoint, entry_points
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+from clmkit import hookspecs
+from clmkit.errors import ConfigError, PluginError, UnknownNameError
+
+if TYPE_CHECKING:
+    from transformers import TrainerCallback
+
+    from clmkit.args import ClmTrainingArguments
+
+ENTRY_POINT_GROUP = "clmkit"
+BUILTIN_PLUGINS = (
+    "clmkit.builtins.chunkers",
+    "clmkit.builtins.collators",
+    "clmkit.builtins.losses",
+    "clmkit.builtins.param_groups",
+    "clmkit.builtins.callbacks",
+)
+# registry kind -> the register hook that fills it
+REGISTRIES = {
+    "chunkers": "clmkit_register_chunkers",
+    "collators": "clmkit_register_collators",
+    "losses": "clmkit_register_losses",
+    "param_groupers": "clmkit_register_param_groupers",
+}
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One registered object and the plugin that registered it."""
+
+    name: str
+    obj: Any
+    plugin: str
+
+
+@dataclass(frozen=True)
+class PluginInfo:
+    """Where a loaded plugin came from."""
+
+    name: str
+    distribution: str | None
+    version: str | None
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no")
+
+
+class Plugins:
+    """A pluggy manager for project ``clmkit`` plus the registries its plugins fill.
+
+    Built-in plugins are always registered; third-party ones come from the ``clmkit`` entry-point
+    group unless ``CLMKIT_DISABLE_PLUGIN_AUTOLOAD=1`` (or ``autoload=False``), limited to the
+    names in ``CLMKIT_PLUGINS=a,b`` when that is set. ``extra`` plugin objects are registered last.
+    """
+
+    def __init__(self, extra: Sequence[object] = (), autoload: bool | None = None) -> None:
+        self.pm = pluggy.PluginManager("clmkit")
+        self.pm.add_hookspecs(hookspecs)
+        self.info: dict[str, PluginInfo] = {}
+        for module_name in BUILTIN_PLUGINS:
+            module = __import__(module_name, fromlist=["_"])
+            self._register(module, module_name, PluginInfo(module_name, "clmkit", _version("clmkit")))
+        if autoload is None:
+            autoload = not _env_flag("CLMKIT_DISABLE_PLUGIN_AUTOLOAD")
+        if autoload:
+            self._load_entry_points()
+        for plugin in extra:
+            name = getattr(plugin, "__name__", None) or type(plugin).__name__
+            if self.pm.is_registered(plugin):
+                continue
+            if self.pm.has_plugin(name):
+                name = f"{name}-{id(plugin):x}"
+            self._register(plugin, name, PluginInfo(name, None, None))
+        try:
+            self.pm.check_pending()
+        except pluggy.PluginValidationError as exc:
+            raise PluginError(
+                f"plugin {exc.plugin_name!r} implements a hook that does not exist: {exc}. "
+                f"Fix the hook name (known hooks: {', '.join(sorted(REGISTRIES.values()))}, clmkit_callbacks)."
+            ) from exc
+        self._registries: dict[str, dict[str, Entry]] = {}
+
+    def _register(self, plugin: object, name: str, info: PluginInfo) -> None:
+        try:
+            self.pm.register(plugin, name=name)
+        except pluggy.PluginValidationError as exc:
+            raise PluginError(f"plugin {name!r} does not match clmkit's hooks: {exc}. Fix its signature.") from exc
+        self.info[name] = info
+
+    def _load_entry_points(self) -> None:
+        eps: Iterable[EntryPoint] = entry_points(group=ENTRY_POINT_GROUP)
+        wanted = os.environ.get("CLMKIT_PLUGINS")
+        allowed = {n.strip() for n in wanted.split(",") if n.strip()} if wanted is not None else None
+        found = set()
+        for ep in eps:
+            found.add(ep.name)
+            if allowed is not None and ep.name not in allowed:
+                continue
+            dist = ep.dist.name if ep.dist is not None else None
+            version = ep.dist.version if ep.dist is not None else None
+            try:
+                plugin = ep.load()
+            except Exception as exc:
+                raise PluginError(
+                    f"plugin {ep.name!r} (entry point {ep.value!r} of distribution {dist!r}) failed to import: "
+                    f"{type(exc).__name__}: {exc}. Fix or uninstall it (pip uninstall {dist}), or start with "
+                    "CLMKIT_DISABLE_PLUGIN_AUTOLOAD=1 or CLMKIT_PLUGINS=<names to load>."
+                ) from exc
+            if self.pm.is_registered(plugin):
+                continue
+            self._register(plugin, ep.name, PluginInfo(ep.name, dist, version))
+        if allowed is not None and allowed - found:
+            raise PluginError(
+                f"CLMKIT_PLUGINS names {sorted(allowed - found)} but no installed distribution provides them; "
+                f"installed plugins: {sorted(found) or 'none'}. Install them or fix CLMKIT_PLUGINS."
+            )
+
+    def registry(self, kind: str) -> dict[str, Entry]:
+        """All entries of one registry (``chunkers``, ``collators``, ``losses``, ``param_groupers``)."""
+        if kind not in self._registries:
+            entries: dict[str, Entry] = {}
+            hook = getattr(self.pm.hook, REGISTRIES[kind])
+            for impl in hook.get_hookimpls():  # registration order
+                impl.function(register=self._registrar(kind, impl.plugin_name, entries))
+            self._registries[kind] = entries
+        return self._registries[kind]
+
+    @staticmethod
+    def _registrar(kind: str, plugin: str, entries: dict[str, Entry]) -> Callable[[str, Any], None]:
+        def register(name: str, obj: Any) -> None:
+            if name in entries:
+                raise PluginError(
+                    f"{kind[:-1].replace('_', ' ')} name {name!r} is registered twice: by plugin "
+                    f"{entries[name].plugin!r} and by plugin {plugin!r}. Rename one of them, or load only one "
+                    "(CLMKIT_PLUGINS / CLMKIT_DISABLE_PLUGIN_AUTOLOAD)."
+                )
+            entries[name] = Entry(name, obj, plugin)
+
+        return register
+
+    def get(self, kind: str, name: str) -> Entry:
+        """The entry registered as ``name``, or an error listing the names that exist."""
+        entries = self.registry(kind)
+        if name not in entries:
+            raise UnknownNameError(
+                f"unknown {kind[:-1].replace('_', ' ')} {name!r}; registered names: {', '.join(sorted(entries))}. "
+                "Pick one of these, or install the plugin that provides it."
+            )
+        return entries[name]
+
+    def build(self, kind: str, name: str, *args: Any, **kwargs: Any) -> Any:
+        """Call the factory registered as ``name``; keyword arguments it does not take are a ``ConfigError``."""
+        factory = self.get(kind, name).obj
+        check_kwargs(factory, f"{kind[:-1].replace('_', ' ')} {name!r}", args, kwargs)
+        return factory(*args, **kwargs)
+
+    def callbacks(self, args: ClmTrainingArguments) -> list[TrainerCallback]:
+        """The TrainerCallbacks all plugins add for this run, in plugin order."""
+        results = self.pm.hook.clmkit_callbacks(args=args)
+        return [cb for result in reversed(results) if result for cb in result]
+
+    def describe(self) -> list[dict[str, Any]]:
+        """One JSON-ready record per plugin: name, distribution, version, hooks and registered names."""
+        names: dict[str, dict[str, list[str]]] = {}
+        for kind in REGISTRIES:
+            for entry in self.registry(kind).values():
+                names.setdefault(entry.plugin, {}).setdefault(kind, []).append(entry.name)
+        records = []
+        for name, plugin in self.pm.list_name_plugin():
+            info = self.info[name]
+            hooks = sorted(h.name for h in self.pm.get_hookcallers(plugin) or [])
+            records.append(
+                {
+                    "plugin": name,
+                    "distribution": info.distribution,
+                    "version": info.version,
+                    "hooks": hooks,
+                    "registered": names.get(name, {}),
+                }
+            )
+        return records
+
+
+def check_kwargs(factory: Callable[..., Any], what: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    """Raise a ConfigError naming the arguments ``factory`` does not accept, and the ones it does."""
+    try:
+        sig = inspect.signature(factory)
+    except (TypeError, ValueError):
+        return
+    try:
+        sig.bind(*args, **kwargs)
+    except TypeError as exc:
+        accepted = [
+            p.name
+            for p in sig.parameters.values()
+            if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and p.name != "self"
+        ][len(args) :]
+        raise ConfigError(
+            f"{what} got arguments it does not take ({exc}); it accepts: {', '.join(accepted) or 'none'}. "
+            "Fix the *_kwargs you passed."
+        ) from None
+
+
+def _version(dist: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return None
