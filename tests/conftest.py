@@ -14,9 +14,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("WANDB_DISABLED", "true")
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
-CORPUS_FILES = sorted(p for p in (STDLIB / "json").glob("*.py")) + sorted(
-    p for p in (STDLIB / "email").glob("*.py")
-)
+CORPUS_FILES = sorted(p for p in (STDLIB / "json").glob("*.py")) + sorted(p for p in (STDLIB / "email").glob("*.py"))
 
 
 @pytest.fixture(scope="session")

@@ -63,7 +63,7 @@ class ClmTrainingArguments(TrainingArguments):
                 except json.JSONDecodeError as exc:
                     raise ConfigError(
                         f"--{name} is not valid JSON ({exc.msg} at column {exc.colno}): {value!r}. "
-                        'Pass a JSON object, e.g. \'{"alpha": 1.0}\'.'
+                        "Pass a JSON object, e.g. '{\"alpha\": 1.0}'."
                     ) from None
             if not isinstance(value, dict):
                 raise ConfigError(f"{name} must be a JSON object (a mapping), got {value!r}.")

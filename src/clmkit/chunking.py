@@ -46,9 +46,7 @@ class ChunkStats:
         return asdict(self)
 
 
-def tokenize_documents(
-    dataset: Dataset, tokenizer: Any, text_column: str, num_proc: int | None = None
-) -> Dataset:
+def tokenize_documents(dataset: Dataset, tokenizer: Any, text_column: str, num_proc: int | None = None) -> Dataset:
     """One row per document: ``input_ids`` (no special tokens added), every other column removed."""
     if text_column not in dataset.column_names:
         raise DataError(
@@ -60,9 +58,7 @@ def tokenize_documents(
         texts = [t if isinstance(t, str) else "" for t in batch[text_column]]
         return {"input_ids": tokenizer(texts, add_special_tokens=False)["input_ids"]}
 
-    return dataset.map(
-        encode, batched=True, remove_columns=dataset.column_names, num_proc=num_proc, desc="Tokenizing"
-    )
+    return dataset.map(encode, batched=True, remove_columns=dataset.column_names, num_proc=num_proc, desc="Tokenizing")
 
 
 def chunk_dataset(

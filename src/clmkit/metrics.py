@@ -45,9 +45,7 @@ def _bytes_to_unicode() -> dict[int, str]:
     return {b: chr(c) for b, c in zip(printable, chars, strict=True)}
 
 
-def per_sample_statistics(
-    token_losses: Tensor, correct: Tensor, targets: Tensor, byte_lengths: Tensor
-) -> Tensor:
+def per_sample_statistics(token_losses: Tensor, correct: Tensor, targets: Tensor, byte_lengths: Tensor) -> Tensor:
     """(B, 4) rows of [loss sum in nats, target tokens, target bytes, correct predictions].
 
     ``token_losses``, ``correct`` and ``targets`` are (B, T-1). Per-sample rows let

@@ -75,9 +75,7 @@ class ClmTrainer(Trainer):
         self.data_stats: dict[str, ChunkStats] = {}
         train_dataset = self.prepare_dataset(train_dataset, tokenizer, args, "train")
         if isinstance(eval_dataset, Mapping):
-            eval_dataset = {
-                k: self.prepare_dataset(v, tokenizer, args, f"eval_{k}") for k, v in eval_dataset.items()
-            }
+            eval_dataset = {k: self.prepare_dataset(v, tokenizer, args, f"eval_{k}") for k, v in eval_dataset.items()}
         else:
             eval_dataset = self.prepare_dataset(eval_dataset, tokenizer, args, "eval")
         callbacks = [*(kwargs.pop("callbacks", None) or []), TokenCounter(), *self.plugins.callbacks(args)]
@@ -207,9 +205,7 @@ class ClmTrainer(Trainer):
         """AdamW (or ``args.optim``) over the parameter groups of ``args.param_grouper``."""
         if self.optimizer is None and self.optimizer_cls_and_kwargs is None:
             opt_model = self.model if model is None else model
-            groups = self.plugins.get("param_groupers", self.args.param_grouper).obj(
-                opt_model, self.args.weight_decay
-            )
+            groups = self.plugins.get("param_groupers", self.args.param_grouper).obj(opt_model, self.args.weight_decay)
             optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
             if not {"params", "model", "optimizer_dict"} & set(optimizer_kwargs):
                 self.optimizer = optimizer_cls(groups, **optimizer_kwargs)

@@ -50,7 +50,9 @@ class TokenCounter(TrainerCallback, ExportableState):
     def logs(self, accelerator: Any) -> dict[str, float]:
         """Fold pending counts (summed over processes) into the totals; return them for a log line."""
         if self._pending is not None:
-            pending = accelerator.reduce(self._pending, reduction="sum") if accelerator.num_processes > 1 else self._pending
+            pending = (
+                accelerator.reduce(self._pending, reduction="sum") if accelerator.num_processes > 1 else self._pending
+            )
             slots, tokens, targets = (int(x) for x in pending.tolist())
             self.slots += slots
             self.tokens += tokens

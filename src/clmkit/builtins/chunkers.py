@@ -18,11 +18,7 @@ class Overflow(Chunker):
 
     def __call__(self, batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
         size = self.context_length
-        out = [
-            ids[start : start + size]
-            for ids in batch["input_ids"]
-            for start in range(0, len(ids) - size + 1, size)
-        ]
+        out = [ids[start : start + size] for ids in batch["input_ids"] for start in range(0, len(ids) - size + 1, size)]
         return {"input_ids": out}
 
 
