@@ -203,12 +203,15 @@ class ClmTrainer(Trainer):
 
     def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
         """AdamW (or ``args.optim``) over the parameter groups of ``args.param_grouper``."""
-        if self.optimizer is None and self.optimizer_cls_and_kwargs is None:
+        if self.optimizer is None:
             opt_model = self.model if model is None else model
-            groups = self.plugins.get("param_groupers", self.args.param_grouper).obj(opt_model, self.args.weight_decay)
-            optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
-            if not {"params", "model", "optimizer_dict"} & set(optimizer_kwargs):
-                self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
+            optimizer_cls, optimizer_kwargs = self.optimizer_cls_and_kwargs or self.get_optimizer_cls_and_kwargs(
+                self.args, opt_model
+            )
+            # optimizers that build their own parameter list (GaLore, LOMO, factories) keep Trainer's path
+            if isinstance(optimizer_cls, type) and not {"params", "model", "optimizer_dict"} & set(optimizer_kwargs):
+                grouper = self.plugins.get("param_groupers", self.args.param_grouper).obj
+                self.optimizer = optimizer_cls(grouper(opt_model, self.args.weight_decay), **optimizer_kwargs)
         return super().create_optimizer(model)
 
     # ---- logging and evaluation ---------------------------------------------------------------
