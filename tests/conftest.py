@@ -53,3 +53,47 @@ def make_model(tokenizer):
         return build_model(config)
 
     return make
+
+
+@pytest.fixture
+def make_args(tmp_path):
+    """ClmTrainingArguments for a quick, quiet CPU run in ``tmp_path``; any field can be overridden."""
+    from clmkit import ClmTrainingArguments
+
+    def make(**overrides):
+        defaults = {
+            "output_dir": str(tmp_path / "out"),
+            "context_length": 64,
+            "per_device_train_batch_size": 8,
+            "per_device_eval_batch_size": 8,
+            "learning_rate": 3e-3,
+            "report_to": "none",
+            "save_strategy": "no",
+            "eval_strategy": "no",
+            "logging_strategy": "no",
+            "use_cpu": True,
+            "disable_tqdm": True,
+            "seed": 0,
+        }
+        return ClmTrainingArguments(**{**defaults, **overrides})
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def varied_examples(tokenizer, texts):
+    """32 already tokenized examples of uneven lengths (3 to 64 tokens), consecutive pieces of the corpus."""
+    from datasets import Dataset
+
+    stream = [t for text in texts for t in [*tokenizer(text)["input_ids"], tokenizer.eos_token_id]]
+    lengths = [3 + (i * 37) % 62 for i in range(32)]
+    starts = [sum(lengths[:i]) for i in range(32)]
+    return Dataset.from_dict({"input_ids": [stream[s : s + n] for s, n in zip(starts, lengths, strict=True)]})
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_torch_thread():
+    """Tiny models gain nothing from intra-op threads, and on a busy CPU OpenMP spinning makes them ~20x slower."""
+    import torch
+
+    torch.set_num_threads(1)

@@ -88,7 +88,7 @@ class Plugins:
             self.pm.check_pending()
         except pluggy.PluginValidationError as exc:
             raise PluginError(
-                f"plugin {exc.plugin_name!r} implements a hook that does not exist: {exc}. "
+                f"plugin {self.pm.get_name(exc.plugin)!r} implements a hook that does not exist: {exc}. "
                 f"Fix the hook name (known hooks: {', '.join(sorted(REGISTRIES.values()))}, clmkit_callbacks)."
             ) from exc
         self._registries: dict[str, dict[str, Entry]] = {}
@@ -143,7 +143,7 @@ class Plugins:
         def register(name: str, obj: Any) -> None:
             if name in entries:
                 raise PluginError(
-                    f"{kind[:-1].replace('_', ' ')} name {name!r} is registered twice: by plugin "
+                    f"{_singular(kind)} name {name!r} is registered twice: by plugin "
                     f"{entries[name].plugin!r} and by plugin {plugin!r}. Rename one of them, or load only one "
                     "(CLMKIT_PLUGINS / CLMKIT_DISABLE_PLUGIN_AUTOLOAD)."
                 )
@@ -156,7 +156,7 @@ class Plugins:
         entries = self.registry(kind)
         if name not in entries:
             raise UnknownNameError(
-                f"unknown {kind[:-1].replace('_', ' ')} {name!r}; registered names: {', '.join(sorted(entries))}. "
+                f"unknown {_singular(kind)} {name!r}; registered names: {', '.join(sorted(entries))}. "
                 "Pick one of these, or install the plugin that provides it."
             )
         return entries[name]
@@ -164,7 +164,7 @@ class Plugins:
     def build(self, kind: str, name: str, *args: Any, **kwargs: Any) -> Any:
         """Call the factory registered as ``name``; keyword arguments it does not take are a ``ConfigError``."""
         factory = self.get(kind, name).obj
-        check_kwargs(factory, f"{kind[:-1].replace('_', ' ')} {name!r}", args, kwargs)
+        check_kwargs(factory, f"{_singular(kind)} {name!r}", args, kwargs, f"{_singular(kind)}_kwargs")
         return factory(*args, **kwargs)
 
     def callbacks(self, args: ClmTrainingArguments) -> list[TrainerCallback]:
@@ -194,7 +194,9 @@ class Plugins:
         return records
 
 
-def check_kwargs(factory: Callable[..., Any], what: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+def check_kwargs(
+    factory: Callable[..., Any], what: str, args: tuple[Any, ...], kwargs: dict[str, Any], field: str
+) -> None:
     """Raise a ConfigError naming the arguments ``factory`` does not accept, and the ones it does."""
     try:
         sig = inspect.signature(factory)
@@ -203,15 +205,16 @@ def check_kwargs(factory: Callable[..., Any], what: str, args: tuple[Any, ...], 
     try:
         sig.bind(*args, **kwargs)
     except TypeError as exc:
-        accepted = [
-            p.name
-            for p in sig.parameters.values()
-            if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and p.name != "self"
-        ][len(args) :]
+        named = [p.name for p in sig.parameters.values() if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        accepted = [name for name in named[len(args) :] if name != "tokenizer"]  # clmkit passes the tokenizer
         raise ConfigError(
-            f"{what} got arguments it does not take ({exc}); it accepts: {', '.join(accepted) or 'none'}. "
-            "Fix the *_kwargs you passed."
+            f"{what} got arguments it does not take ({exc}); it accepts: {', '.join(accepted) or 'none'}. Fix {field}."
         ) from None
+
+
+def _singular(kind: str) -> str:
+    """``losses`` -> ``loss``, ``param_groupers`` -> ``param grouper``: a registry kind as one thing."""
+    return kind.removesuffix("es" if kind.endswith("sses") else "s").replace("_", " ")
 
 
 def _version(dist: str) -> str | None:

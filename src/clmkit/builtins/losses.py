@@ -30,8 +30,10 @@ class KeyToken(Loss):
     counts key tokens among the sample's *targets*; the loss is ``sum w_i l_i / sum w_i`` over
     the window, so ``alpha`` changes the emphasis, not the scale. ``normalize="course"``
     reproduces the seed's ``keytoken_weighted_loss`` number for number: weights
-    ``alpha * (1 + count over all input positions)``, per-sample means over all ``T-1``
-    positions, divided by the number of samples.
+    ``alpha * (1 + count over every labelled input position, position 0 included)``, per-sample
+    means over the sample's targets, divided by the number of samples. On the course's unpadded
+    batches that is all ``T-1`` positions; on padded ones, padding never changes a sample's loss,
+    so the course mode is exact under accumulation too.
     """
 
     def __init__(
@@ -68,13 +70,13 @@ class KeyToken(Loss):
         return torch.isin(ids, self.keytoken_ids.to(ids.device))
 
     def _sample_weights(self, batch: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
-        """Per-sample weights and target counts (course mode: over all positions)."""
+        """Per-sample weights and target counts (course mode: key tokens at position 0 count too)."""
         targets = batch["labels"][:, 1:]
-        if self.normalize == "course":
-            counts = self._is_key(batch["input_ids"]).sum(1).float()
-            return self.alpha * (1.0 + counts), torch.full_like(counts, targets.shape[1])
         valid = targets != -100
         n = valid.sum(1).float()
+        if self.normalize == "course":
+            counts = (self._is_key(batch["input_ids"]) & (batch["labels"] != -100)).sum(1).float()
+            return self.alpha * (1.0 + counts), n
         counts = (self._is_key(targets) & valid).sum(1).float()
         return torch.where(n > 0, 1.0 + self.alpha * counts, torch.zeros_like(n)), n
 
