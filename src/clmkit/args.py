@@ -9,6 +9,7 @@ from typing import Any
 from transformers import TrainingArguments
 
 from clmkit.errors import ConfigError
+from clmkit.filters import canonical_filters
 
 _KWARG_FIELDS = ("chunker_kwargs", "collator_kwargs", "loss_kwargs")
 
@@ -26,9 +27,19 @@ class ClmTrainingArguments(TrainingArguments):
     text_column: str = field(default="content", metadata={"help": "Column of the raw datasets holding the text."})
     chunker: str = field(
         default="concat",
-        metadata={"help": "How documents become examples: 'concat' (join with EOS, cut blocks) or 'overflow'."},
+        metadata={
+            "help": "How documents become examples: 'concat' (join with EOS, cut blocks), 'packed' (whole documents "
+            "per row, attending only to themselves) or 'overflow' (the course's)."
+        },
     )
     chunker_kwargs: dict | str | None = field(default=None, metadata={"help": "JSON keyword arguments of the chunker."})
+    filters: list | str | None = field(
+        default=None,
+        metadata={
+            "help": "Document filters run before chunking, in order: names (exact_dedup,code_quality) or JSON "
+            '\'["exact_dedup", {"keywords": {"words": ["pandas"]}}]\'.'
+        },
+    )
     collator: str = field(default="causal", metadata={"help": "How examples become batches."})
     collator_kwargs: dict | str | None = field(
         default=None, metadata={"help": "JSON keyword arguments of the collator."}
@@ -44,6 +55,17 @@ class ClmTrainingArguments(TrainingArguments):
     chunked_loss: bool = field(
         default=True,
         metadata={"help": "Compute token losses chunk by chunk from hidden states, never holding all logits."},
+    )
+    loss_chunk_size: int | None = field(
+        default=None,
+        metadata={"help": "Tokens per chunk of the chunked loss (default: about 4M logits on CPU, 32M on a GPU)."},
+    )
+    peak_tflops: float | None = field(
+        default=None,
+        metadata={
+            "help": "Peak TFLOP/s of one device for the logged MFU (default: a table of common GPUs by name, "
+            "else measured once with a matmul)."
+        },
     )
     remove_unused_columns: bool = field(
         default=False, metadata={"help": "Kept False: chunkers may add columns their collator needs."}
@@ -68,8 +90,13 @@ class ClmTrainingArguments(TrainingArguments):
             if not isinstance(value, dict):
                 raise ConfigError(f"{name} must be a JSON object (a mapping), got {value!r}.")
             setattr(self, name, value)
+        self.filters = canonical_filters(self.filters)
         if self.context_length < 2:
             raise ConfigError(f"context_length must be at least 2 tokens, got {self.context_length}.")
+        if self.loss_chunk_size is not None and self.loss_chunk_size < 1:
+            raise ConfigError(f"loss_chunk_size must be a positive number of tokens, got {self.loss_chunk_size}.")
+        if self.peak_tflops is not None and self.peak_tflops <= 0:
+            raise ConfigError(f"peak_tflops must be positive (TFLOP/s of one device), got {self.peak_tflops}.")
         super().__post_init__()
 
     def plugin_kwargs(self, name: str) -> dict[str, Any]:

@@ -33,7 +33,9 @@ def clmkit_register_chunkers(register: Register) -> None:
     callable that takes a batch of tokenized documents ``{"input_ids": [[int, ...], ...]}`` and
     returns training examples ``{"input_ids": [[int, ...], ...], ...}`` (any number of rows). Extra
     columns it returns (e.g. ``position_ids``) travel to the collator. Set the class attribute
-    ``adds_eos = True`` when the chunker appends one EOS per document, so token accounting is exact.
+    ``adds_eos = True`` when the chunker appends one EOS per document, so token accounting is exact,
+    and ``emits_document_boundaries = True`` when it packs several documents per row, marked by
+    ``position_ids`` restarting at 0 (clmkit then refuses a collator that cannot keep them apart).
 
     Called once per plugin manager; results are not combined, each call adds names.
     """
@@ -46,6 +48,8 @@ def clmkit_register_collators(register: Register) -> None:
     ``factory(tokenizer, **collator_kwargs)`` returns a callable that turns a list of examples
     into a batch of tensors ``{"input_ids", "attention_mask", "labels", ...}``. Labels are the
     unshifted targets (the loss shifts them); ``-100`` marks positions that are never targets.
+    A collator that keeps the documents of packed rows apart (passes ``position_ids`` on, right
+    pads, masks the label where positions restart) sets ``supports_document_boundaries = True``.
     """
 
 
@@ -59,11 +63,32 @@ def clmkit_register_losses(register: Register) -> None:
     by the normalizer of the whole gradient-accumulation window over all processes, so every loss
     is exact under accumulation and data parallelism without doing anything itself.
 
-    A loss consumes either the logits (``consumes = "logits"``, the simple, seed-style way: it
-    gets ``LossInputs.logits`` of shape B x T x V) or the final hidden states and the output
-    embedding (``consumes = "hidden_states"``: it gets ``LossInputs.hidden_states`` B x T x H and
-    ``LossInputs.lm_head``, and never needs a B x T x V tensor; use
-    ``clmkit.token_cross_entropy`` to compute per-token losses chunk by chunk).
+    A loss says what it consumes with the class attribute ``Loss.consumes``:
+
+    - ``"logits"``: the simple, seed-style way. ``LossInputs.logits`` (B x T x V) is set and the
+      loss computes whatever it likes from it and ``LossInputs.targets`` (the shifted labels).
+    - ``"hidden_states"`` (the default): memory-lean. ``LossInputs.hidden_states`` (B x T x H) and
+      ``LossInputs.lm_head`` (the output ``nn.Linear``) are set and no B x T x V tensor exists.
+      Any weighted token cross-entropy only overrides ``Loss.token_weights`` (or calls
+      ``inputs.cross_entropy(token_weights)``), which runs the shared chunked primitive
+      ``clmkit.linear_cross_entropy(hidden, lm_head.weight, lm_head.bias, targets, weights)``;
+      that function can also be called directly, on ``hidden_states[:, :-1]`` flattened to
+      (N, H) with ``targets`` flattened to (N,) (position t predicts ``targets[:, t]``; under
+      autocast the hidden states come in the autocast dtype). When chunking is off
+      (``chunked_loss=False``) or the model's head is not a ``Linear``, such a loss gets
+      ``LossInputs.logits`` instead, and ``inputs.cross_entropy`` gives the same values and
+      gradients from them.
+    """
+
+
+@hookspec
+def clmkit_register_filters(register: Register) -> None:
+    """Register document filters: ``register("name", factory)``.
+
+    ``factory(**filter_kwargs)`` returns a ``clmkit.filters.DocumentFilter``: its ``reason(text)``
+    returns a short reason to drop a raw document, or ``None`` to keep it; a filter with state
+    overrides ``reset()`` (called before every pass over the data). Filters run before
+    tokenization, in the order of ``ClmTrainingArguments.filters``; clmkit counts each reason.
     """
 
 

@@ -46,11 +46,14 @@ class LossInputs:
         """(B, T-1): the token each position predicts, ``-100`` where none."""
         return self.labels[:, 1:]
 
-    def cross_entropy(self, token_weights: Tensor | None = None) -> Tensor:
+    def cross_entropy(
+        self, token_weights: Tensor | None = None, z_loss: float = 0.0, label_smoothing: float = 0.0
+    ) -> Tensor:
         """``sum_t w_t * CE_t`` over the shifted targets; ``token_weights`` is (B, T-1), default 1.
 
         Uses the chunked primitive when hidden states were captured, the logits otherwise; the
-        result and its gradients are the same either way.
+        result and its gradients are the same either way. ``z_loss`` and ``label_smoothing`` are
+        those of ``clmkit.linear_cross_entropy`` (off by default).
         """
         targets = self.targets.reshape(-1)
         weights = None if token_weights is None else token_weights.reshape(-1)
@@ -58,11 +61,18 @@ class LossInputs:
             assert self.lm_head is not None
             hidden = self.hidden_states[:, :-1].reshape(-1, self.hidden_states.shape[-1])
             return linear_cross_entropy(
-                hidden, self.lm_head.weight, self.lm_head.bias, targets, weights, self.chunk_size
+                hidden,
+                self.lm_head.weight,
+                self.lm_head.bias,
+                targets,
+                weights,
+                self.chunk_size,
+                z_loss,
+                label_smoothing,
             )
         assert self.logits is not None, "LossInputs holds neither logits nor hidden states"
         logits = self.logits[:, :-1].reshape(-1, self.logits.shape[-1])
-        return logits_cross_entropy(logits, targets, weights)
+        return logits_cross_entropy(logits, targets, weights, z_loss, label_smoothing)
 
 
 class Loss:

@@ -5,23 +5,27 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 from datasets import Dataset, IterableDataset
 from torch import nn
 from transformers import Trainer
-from transformers.trainer_utils import EvalLoopOutput, get_last_checkpoint
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, EvalLoopOutput, get_last_checkpoint
 
 from clmkit.args import ClmTrainingArguments
 from clmkit.builtins.callbacks import TokenCounter
-from clmkit.chunking import ChunkStats, chunk_dataset, chunk_stats, tokenize_documents
-from clmkit.cross_entropy import token_statistics
+from clmkit.checkpoint import find_checkpoint, read_checkpoint, run_settings, write_checkpoint_state
+from clmkit.chunking import Chunker, ChunkStats
 from clmkit.errors import ClmkitError, ConfigError, DataError
-from clmkit.heads import hidden_states_only, output_linear
-from clmkit.losses import Loss, LossInputs, loss_from_inputs
-from clmkit.metrics import per_sample_statistics, summarize, token_byte_lengths
+from clmkit.filters import FilterReport
+from clmkit.flops import MfuMeter, flops_per_token, peak_tflops
+from clmkit.heads import forward_for_loss
+from clmkit.losses import Loss, loss_from_inputs
+from clmkit.metrics import ClmMetrics, sample_statistics, token_byte_lengths
 from clmkit.plugins import Plugins
+from clmkit.preparation import prepare_datasets
 
 logger = logging.getLogger(__name__)
 
@@ -66,18 +70,20 @@ class ClmTrainer(Trainer):
         tokenizer = processing_class
         check_tokenizer_and_model(tokenizer, model, args.context_length)
         self.plugins = Plugins(extra=plugins)
-        self.loss: Loss = self.plugins.build("losses", args.loss, tokenizer=tokenizer, **args.plugin_kwargs("loss"))
-        if data_collator is None:
-            data_collator = self.plugins.build("collators", args.collator, tokenizer, **args.plugin_kwargs("collator"))
-        self.chunker = self.plugins.build(
-            "chunkers", args.chunker, tokenizer, args.context_length, **args.plugin_kwargs("chunker")
-        )
+        self.loss, data_collator, self.chunker = build_components(self.plugins, args, tokenizer, data_collator)
         self.data_stats: dict[str, ChunkStats] = {}
-        train_dataset = self.prepare_dataset(train_dataset, tokenizer, args, "train")
-        if isinstance(eval_dataset, Mapping):
-            eval_dataset = {k: self.prepare_dataset(v, tokenizer, args, f"eval_{k}") for k, v in eval_dataset.items()}
-        else:
-            eval_dataset = self.prepare_dataset(eval_dataset, tokenizer, args, "eval")
+        self.filter_reports: dict[str, list[FilterReport]] = {}
+        train_dataset, eval_dataset = prepare_datasets(
+            train_dataset,
+            eval_dataset,
+            tokenizer,
+            args,
+            self.chunker,
+            self.data_stats,
+            plugins=self.plugins,
+            collator=data_collator,
+            filter_reports=self.filter_reports,
+        )
         callbacks = [*(kwargs.pop("callbacks", None) or []), TokenCounter(), *self.plugins.callbacks(args)]
         super().__init__(
             model=model,
@@ -90,48 +96,6 @@ class ClmTrainer(Trainer):
             **kwargs,
         )
         self._byte_lengths = token_byte_lengths(tokenizer)
-
-    # ---- data -------------------------------------------------------------------------------
-
-    def prepare_dataset(
-        self, dataset: Dataset | IterableDataset | None, tokenizer: Any, args: ClmTrainingArguments, split: str
-    ) -> Dataset | IterableDataset | None:
-        """Tokenize and chunk a raw text dataset once; tokenized examples that fit pass through."""
-        if dataset is None:
-            return None
-        columns = dataset.column_names or []
-        if "input_ids" in columns and args.text_column not in columns:
-            if isinstance(dataset, IterableDataset) or _max_length(dataset) <= args.context_length:
-                return dataset  # already examples (e.g. from `clmkit prepare`)
-            tokenized = dataset.select_columns(["input_ids"])
-        elif isinstance(dataset, IterableDataset):
-            if args.text_column not in columns:
-                raise DataError(
-                    f"the {split} dataset has no text column {args.text_column!r}; its columns are {columns}. "
-                    "Set text_column to the column that holds the text."
-                )
-            text = args.text_column
-
-            def encode(batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
-                return {"input_ids": tokenizer(batch[text], add_special_tokens=False)["input_ids"]}
-
-            return dataset.map(encode, batched=True, remove_columns=columns).map(
-                self.chunker, batched=True, remove_columns=["input_ids"]
-            )
-        else:
-            tokenized = tokenize_documents(dataset, tokenizer, args.text_column, args.preprocessing_num_workers)
-        chunked = chunk_dataset(tokenized, self.chunker, args.preprocessing_num_workers)
-        stats = chunk_stats(tokenized, chunked, self.chunker)
-        self.data_stats[split] = stats
-        logger.info("%s data: %s", split, stats.as_dict())
-        if stats.examples == 0:
-            raise DataError(
-                f"the {split} corpus yields no training example with chunker {args.chunker!r}: "
-                f"{stats.documents_too_short} of {stats.documents} documents are shorter than the context length "
-                f"{args.context_length} ({stats.tokens} tokens in all). Use chunker 'concat' (joins documents), "
-                "a smaller context_length, or more text."
-            )
-        return chunked
 
     # ---- loss -------------------------------------------------------------------------------
 
@@ -147,9 +111,7 @@ class ClmTrainer(Trainer):
                 break
         if not batch_samples:
             return batch_samples, None
-        total = sum(self.loss.normalizer(b).to(device) for b in batch_samples)
-        if self.args.world_size > 1:
-            total = self.accelerator.gather(total.reshape(1)).sum()
+        total = window_normalizer(self.loss, batch_samples, self.accelerator)
         counter = self._token_counter()
         for b in batch_samples:
             counter.count(b)
@@ -178,14 +140,8 @@ class ClmTrainer(Trainer):
 
     def _forward(self, model: nn.Module, inputs: Mapping[str, torch.Tensor], want_hidden: bool):
         """Run the model without labels; capture the final hidden states instead of logits if wanted."""
-        model_inputs = {k: v for k, v in inputs.items() if k != "labels"}
-        head = output_linear(self.accelerator.unwrap_model(model))
-        if want_hidden and self.args.chunked_loss and head is not None:
-            with hidden_states_only(head) as captured:
-                outputs = model(**model_inputs)
-            return LossInputs(inputs, hidden_states=captured["hidden_states"], lm_head=head), outputs
-        outputs = model(**model_inputs)
-        return LossInputs(inputs, logits=outputs.logits), outputs
+        hidden = want_hidden and self.args.chunked_loss
+        return forward_for_loss(model, inputs, hidden, self.args.loss_chunk_size)
 
     def training_step(self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: Any = None) -> torch.Tensor:
         """One micro-step; a NaN or inf loss stops training with the step and last checkpoint named."""
@@ -198,6 +154,26 @@ class ClmTrainer(Trainer):
                 "clipping (max_grad_norm), or use bf16 instead of fp16, then resume from that checkpoint."
             )
         return loss
+
+    # ---- checkpoints: checked before anything is loaded (clmkit.checkpoint) -----------------------
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs: Any) -> Any:
+        """``Trainer.train``; a checkpoint to resume from must be complete and made with this run's settings."""
+        if resume_from_checkpoint:
+            resume_from_checkpoint = find_checkpoint(resume_from_checkpoint, self.args.output_dir)
+            read_checkpoint(resume_from_checkpoint, self._checkpoint_settings())
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+
+    def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
+        super()._save_checkpoint(model, trial)
+        self.accelerator.wait_for_everyone()  # every process has written its RNG state
+        if self.args.should_save:
+            folder = Path(self._get_output_dir(trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            write_checkpoint_state(folder, {"global_step": self.state.global_step}, self._checkpoint_settings())
+
+    def _checkpoint_settings(self) -> dict[str, dict[str, Any]]:
+        model = self.accelerator.unwrap_model(self.model)
+        return run_settings(model, self.args, self.processing_class, self.accelerator.num_processes)
 
     # ---- optimizer --------------------------------------------------------------------------
 
@@ -221,10 +197,22 @@ class ClmTrainer(Trainer):
         return next(cb for cb in self.callback_handler.callbacks if isinstance(cb, TokenCounter))
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        """Add token counts and throughput to training logs."""
+        """Add token counts, throughput and model FLOPs utilization (``mfu``) to training logs."""
         if "loss" in logs:
             logs.update(self._token_counter().logs(self.accelerator))
+            logs["mfu"] = self._mfu_meter()(logs["tokens_per_second"])
         super().log(logs, start_time)
+
+    def _mfu_meter(self) -> MfuMeter:
+        meter = getattr(self, "_mfu", None)  # built at the first log: the peak may need a measurement
+        if meter is None:
+            dtype = torch.bfloat16 if self.args.bf16 else torch.float16 if self.args.fp16 else torch.float32
+            meter = self._mfu = MfuMeter(
+                flops_per_token(self.accelerator.unwrap_model(self.model), self.args.context_length),
+                self.args.peak_tflops or peak_tflops(self.args.device, dtype),
+                self.accelerator.num_processes,
+            )
+        return meter
 
     def evaluation_loop(
         self,
@@ -234,46 +222,52 @@ class ClmTrainer(Trainer):
         ignore_keys: list[str] | None = None,
         metric_key_prefix: str = "eval",
     ) -> EvalLoopOutput:
-        """Exact token-weighted evaluation: per-sample sums gathered once, no logits kept."""
+        """Exact token-weighted evaluation: per-sample sums gathered over processes, no logits kept.
+
+        Every batch becomes four numbers per sample (``clmkit.metrics.sample_statistics``), gathered
+        with ``gather_for_metrics`` (which drops the padded duplicates of an uneven last batch) into
+        a ``ClmMetrics``; memory does not grow with the eval set beyond those rows.
+        """
         model = self._wrap_model(self.model, training=False)
         if len(self.accelerator._models) == 0 and model is self.model:
             model = self.accelerator.prepare_model(model, evaluation_mode=True)
         model.eval()
-        totals = torch.zeros(4, dtype=torch.float64, device=self.args.device)
+        metric = ClmMetrics()
         samples = 0
-        head = output_linear(self.accelerator.unwrap_model(model))
         for inputs in dataloader:
             inputs = self._prepare_inputs(inputs)
             with torch.no_grad(), self.compute_loss_context_manager():
                 loss_inputs, _ = self._forward(model, inputs, want_hidden=True)
-                targets = loss_inputs.targets
-                if loss_inputs.hidden_states is not None:
-                    hidden = loss_inputs.hidden_states[:, :-1].reshape(-1, loss_inputs.hidden_states.shape[-1])
-                    losses, correct = token_statistics(hidden, head.weight, head.bias, targets.reshape(-1))
-                else:
-                    logits = loss_inputs.logits[:, :-1]
-                    losses = torch.nn.functional.cross_entropy(
-                        logits.float().transpose(1, 2), targets, reduction="none"
-                    )
-                    correct = logits.argmax(-1) == targets
-                rows = per_sample_statistics(
-                    losses.view_as(targets), correct.view_as(targets), targets, self._byte_lengths
-                )
+                rows = sample_statistics(loss_inputs, self._byte_lengths)
             rows = self.accelerator.gather_for_metrics(rows)
-            totals += rows.sum(0)
+            metric.add_rows(rows)
             samples += rows.shape[0]
-        metrics = summarize(totals.cpu(), metric_key_prefix)
+        metrics = {f"{metric_key_prefix}_{k}": v for k, v in metric.compute().items()}
         if math.isnan(metrics[f"{metric_key_prefix}_loss"]):
             logger.warning("evaluation saw no target token; its metrics are NaN")
         return EvalLoopOutput(predictions=None, label_ids=None, metrics=metrics, num_samples=samples)
 
 
-def _max_length(dataset: Dataset) -> int:
-    import pyarrow.compute as pc
+# ---- shared with the Accelerate loop (clmkit.loop) ------------------------------------------------
 
-    if len(dataset) == 0:
-        return 0
-    return int(pc.max(pc.list_value_length(dataset.data.column("input_ids"))).as_py())
+
+def build_components(
+    plugins: Plugins, args: ClmTrainingArguments, tokenizer: Any, data_collator: Any = None
+) -> tuple[Loss, Any, Chunker]:
+    """The loss, collator (unless ``data_collator`` is given) and chunker that ``args`` names, from the registries."""
+    loss: Loss = plugins.build("losses", args.loss, tokenizer=tokenizer, **args.plugin_kwargs("loss"))
+    if data_collator is None:
+        data_collator = plugins.build("collators", args.collator, tokenizer, **args.plugin_kwargs("collator"))
+    chunker = plugins.build("chunkers", args.chunker, tokenizer, args.context_length, **args.plugin_kwargs("chunker"))
+    return loss, data_collator, chunker
+
+
+def window_normalizer(loss: Loss, batches: Sequence[Mapping[str, torch.Tensor]], accelerator: Any) -> torch.Tensor:
+    """The loss normalizer of one accumulation window: summed over its micro-batches and over all processes."""
+    total = sum(loss.normalizer(b).to(accelerator.device) for b in batches)
+    if accelerator.num_processes > 1:
+        total = accelerator.gather(total.reshape(1)).sum()
+    return total
 
 
 def check_tokenizer_and_model(tokenizer: Any, model: nn.Module | None, context_length: int) -> None:
