@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import pyarrow.compute as pc
-from datasets import Dataset
+from datasets import Dataset, IterableDataset
 
 from clmkit.errors import DataError
 
@@ -17,10 +17,13 @@ class Chunker:
 
     ``__call__`` receives ``{"input_ids": [[int, ...], ...]}`` (one token list per document, no
     special tokens) and returns examples. ``adds_eos`` says whether it appends one EOS per
-    document, which token accounting needs.
+    document, which token accounting needs. ``emits_document_boundaries`` says that it packs
+    several documents per row and marks them with ``position_ids`` restarting at 0 (see
+    ``clmkit.packing``): clmkit then refuses a collator that cannot keep them apart.
     """
 
     adds_eos: bool = False
+    emits_document_boundaries: bool = False
 
     def __init__(self, tokenizer: Any, context_length: int) -> None:
         self.tokenizer = tokenizer
@@ -46,11 +49,26 @@ class ChunkStats:
         return asdict(self)
 
 
-def tokenize_documents(dataset: Dataset, tokenizer: Any, text_column: str, num_proc: int | None = None) -> Dataset:
+def column_names(dataset: Dataset | IterableDataset) -> list[str]:
+    """The columns of a dataset; a stream without a schema (``from_generator``) is asked for its first row."""
+    if dataset.column_names is not None:
+        return list(dataset.column_names)
+    return list(next(iter(dataset), {}))
+
+
+def _map_options(dataset: Dataset | IterableDataset, num_proc: int | None, desc: str) -> dict[str, Any]:
+    """``map`` options: a stream is mapped lazily, one batch at a time, and takes neither."""
+    return {} if isinstance(dataset, IterableDataset) else {"num_proc": num_proc, "desc": desc}
+
+
+def tokenize_documents(
+    dataset: Dataset | IterableDataset, tokenizer: Any, text_column: str, num_proc: int | None = None
+) -> Dataset | IterableDataset:
     """One row per document: ``input_ids`` (no special tokens added), every other column removed."""
-    if text_column not in dataset.column_names:
+    columns = column_names(dataset)
+    if text_column not in columns:
         raise DataError(
-            f"the dataset has no text column {text_column!r}; its columns are {dataset.column_names}. "
+            f"the dataset has no text column {text_column!r}; its columns are {columns}. "
             "Set text_column (--text_column) to the column that holds the text."
         )
 
@@ -58,15 +76,20 @@ def tokenize_documents(dataset: Dataset, tokenizer: Any, text_column: str, num_p
         texts = [t if isinstance(t, str) else "" for t in batch[text_column]]
         return {"input_ids": tokenizer(texts, add_special_tokens=False)["input_ids"]}
 
-    return dataset.map(encode, batched=True, remove_columns=dataset.column_names, num_proc=num_proc, desc="Tokenizing")
+    return dataset.map(encode, batched=True, remove_columns=columns, **_map_options(dataset, num_proc, "Tokenizing"))
 
 
 def chunk_dataset(
-    tokenized: Dataset, chunker: Callable[[dict[str, list[Any]]], dict[str, list[Any]]], num_proc: int | None = None
-) -> Dataset:
-    """Apply a chunker to tokenized documents with a batched ``map``."""
+    tokenized: Dataset | IterableDataset,
+    chunker: Callable[[dict[str, list[Any]]], dict[str, list[Any]]],
+    num_proc: int | None = None,
+) -> Dataset | IterableDataset:
+    """Apply a chunker to tokenized documents with a batched ``map`` (lazily, for a stream)."""
     return tokenized.map(
-        chunker, batched=True, remove_columns=tokenized.column_names, num_proc=num_proc, desc="Chunking"
+        chunker,
+        batched=True,
+        remove_columns=tokenized.column_names or ["input_ids"],  # a mapped stream has no schema: tokens only
+        **_map_options(tokenized, num_proc, "Chunking"),
     )
 
 

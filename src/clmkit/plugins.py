@@ -23,6 +23,7 @@ ENTRY_POINT_GROUP = "clmkit"
 BUILTIN_PLUGINS = (
     "clmkit.builtins.chunkers",
     "clmkit.builtins.collators",
+    "clmkit.builtins.filters",
     "clmkit.builtins.losses",
     "clmkit.builtins.param_groups",
     "clmkit.builtins.callbacks",
@@ -33,6 +34,7 @@ REGISTRIES = {
     "collators": "clmkit_register_collators",
     "losses": "clmkit_register_losses",
     "param_groupers": "clmkit_register_param_groupers",
+    "filters": "clmkit_register_filters",
 }
 
 
@@ -129,7 +131,7 @@ class Plugins:
             )
 
     def registry(self, kind: str) -> dict[str, Entry]:
-        """All entries of one registry (``chunkers``, ``collators``, ``losses``, ``param_groupers``)."""
+        """All entries of one registry (``chunkers``, ``collators``, ``losses``, ``param_groupers``, ``filters``)."""
         if kind not in self._registries:
             entries: dict[str, Entry] = {}
             hook = getattr(self.pm.hook, REGISTRIES[kind])

@@ -18,7 +18,13 @@ class CausalCollator:
     Labels are the input ids, ``-100`` only at padding positions (known from the lengths, not
     from the token id), so a real EOS stays a target and the model learns to end documents.
     Extra integer columns of the examples (e.g. ``position_ids``) are padded with 0 and passed on.
+
+    It keeps document boundaries: where ``position_ids`` restart at 0 inside a row (a new document
+    of a packed row), that token's label is ``-100`` too — nothing before it in the row belongs to
+    its document — and ``clmkit.packing.model_inputs`` makes the model attend within documents.
     """
+
+    supports_document_boundaries = True
 
     def __init__(self, tokenizer: Any, pad_to_multiple_of: int | None = None) -> None:
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -48,6 +54,8 @@ class CausalCollator:
             for key, tensor in extra.items():
                 tensor[row, :n] = torch.as_tensor(ex[key], dtype=torch.long)
         labels = input_ids.masked_fill(attention_mask == 0, IGNORE_INDEX)
+        if "position_ids" in extra:
+            labels[:, 1:].masked_fill_(extra["position_ids"][:, 1:] == 0, IGNORE_INDEX)
         return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels, **extra}
 
 
