@@ -1,0 +1,510 @@
+"""The Accelerate manual loop: the seed's second path, over the same registries and arguments as ClmTrainer.
+
+``ClmLoop.train`` is the whole loop, readable top to bottom. It fixes the course loop (DESIGN.md,
+item 3): the LR schedule counts optimizer steps; the logged loss is per target token; gradients
+are all-reduced once per accumulation window (``accelerator.accumulate``); the loss normalizer
+spans the window and every process, so a step equals one big batch; evaluation is token-weighted
+and gathered without the padded duplicates. It runs unchanged under ``torchrun`` and ``accelerate
+launch`` (DDP, FSDP or DeepSpeed come from the accelerate config, see docs/distributed.md).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import os
+import shutil
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration, DistributedType, GradientAccumulationPlugin
+from datasets import Dataset, IterableDataset
+from huggingface_hub import create_repo, upload_folder
+from torch import nn
+from torch.utils.data import DataLoader, RandomSampler, SequentialSampler
+from transformers import Trainer, TrainerCallback, get_scheduler
+from transformers.integrations import get_reporting_integration_callbacks
+from transformers.trainer import TRAINER_STATE_NAME, TRAINING_ARGS_NAME
+from transformers.trainer_callback import (
+    CallbackHandler,
+    DefaultFlowCallback,
+    ExportableState,
+    PrinterCallback,
+    ProgressCallback,
+    TrainerControl,
+    TrainerState,
+)
+from transformers.trainer_utils import (
+    PREFIX_CHECKPOINT_DIR,
+    TrainOutput,
+    enable_full_determinism,
+    has_length,
+    rotate_checkpoints,
+    set_seed,
+)
+
+from clmkit.args import ClmTrainingArguments
+from clmkit.builtins.callbacks import TokenCounter
+from clmkit.checkpoint import find_checkpoint, read_checkpoint, run_settings, write_checkpoint_state
+from clmkit.chunking import ChunkStats
+from clmkit.errors import ConfigError
+from clmkit.filters import FilterReport
+from clmkit.heads import forward_for_loss
+from clmkit.losses import loss_from_inputs
+from clmkit.metrics import ClmMetrics, sample_statistics, token_byte_lengths
+from clmkit.plugins import Plugins
+from clmkit.preparation import prepare_datasets
+from clmkit.trainer import NonFiniteLossError, build_components, check_tokenizer_and_model, window_normalizer
+
+logger = logging.getLogger(__name__)
+
+
+def trainer_only_options(args: ClmTrainingArguments) -> list[str]:
+    """The options set in ``args`` that only ``ClmTrainer`` implements, each with what to do instead."""
+    accelerate_config = "accelerate launch --config_file docs/accelerate_configs/"
+    checks = [
+        ("deepspeed", bool(args.deepspeed), f"give DeepSpeed to accelerate: {accelerate_config}deepspeed_zero2.yaml"),
+        ("fsdp", bool(args.fsdp), f"give FSDP to accelerate: {accelerate_config}fsdp.yaml"),
+        ("parallelism_config", args.parallelism_config is not None, "use data parallelism: DDP, FSDP or ZeRO"),
+        (
+            "torch_compile",
+            args.torch_compile,
+            "compile through accelerate: accelerate launch --dynamo_backend inductor",
+        ),
+        ("auto_find_batch_size", args.auto_find_batch_size, "set per_device_train_batch_size"),
+        ("load_best_model_at_end", args.load_best_model_at_end, "load the best checkpoint-N after training"),
+        ("save_strategy", args.save_strategy == "best", "save by 'steps' or 'epoch'"),
+        ("save_only_model", args.save_only_model, "leave it off: loop checkpoints hold the whole training state"),
+        ("ignore_data_skip", args.ignore_data_skip, "leave it off: the loop always resumes at the exact batch"),
+        (
+            "restore_callback_states_from_checkpoint",
+            args.restore_callback_states_from_checkpoint,
+            "leave it off: a stateful callback reads its state back in on_train_begin, as TokenCounter does",
+        ),
+        (
+            "train_sampling_strategy",
+            args.train_sampling_strategy not in ("random", "sequential"),
+            "use 'random' or 'sequential'",
+        ),
+        (
+            "lr_scheduler_type",
+            args.lr_scheduler_type in ("reduce_lr_on_plateau", "greedy"),
+            "use a schedule of the step alone (linear, cosine, constant_with_warmup, ...)",
+        ),
+        ("neftune_noise_alpha", args.neftune_noise_alpha is not None, "leave it unset"),
+        ("use_liger_kernel", args.use_liger_kernel, "leave it off"),
+        (
+            "include_num_input_tokens_seen",
+            args.include_num_input_tokens_seen not in ("no", False),
+            "leave it 'no': the loop logs tokens_seen itself",
+        ),
+        (
+            "hub_strategy",
+            args.push_to_hub and args.hub_strategy != "end",
+            "set hub_strategy 'end': the loop pushes the final model once",
+        ),
+    ]
+    return [f"{name} ({fix})" for name, used, fix in checks if used]
+
+
+class ClmLoop:
+    """Train like ``ClmTrainer`` with a loop you can read: same arguments, plugins, data, loss and output folder.
+
+    ``train()`` runs the loop, ``evaluate()`` the exact evaluation, ``save_model()`` writes the model
+    folder. When to log, evaluate and save follows the same ``TrainingArguments`` as the Trainer
+    (its ``DefaultFlowCallback`` decides), and the plugins' ``TrainerCallback``s run in both paths.
+    Options only the Trainer implements raise ``ConfigError`` naming them (``trainer_only_options``).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        args: ClmTrainingArguments,
+        processing_class: Any,
+        train_dataset: Dataset | IterableDataset | None = None,
+        eval_dataset: Dataset | Mapping[str, Dataset] | None = None,
+        plugins: Sequence[object] = (),
+        callbacks: Sequence[TrainerCallback] = (),
+    ) -> None:
+        if not isinstance(args, ClmTrainingArguments):
+            raise ConfigError(f"ClmLoop needs ClmTrainingArguments, got {type(args).__name__}.")
+        unsupported = trainer_only_options(args)
+        if unsupported:
+            raise ConfigError(
+                f"the Accelerate loop does not implement these options: {'; '.join(unsupported)}. "
+                "Change them as said, or train with ClmTrainer (clmkit train without --loop accelerate)."
+            )
+        check_tokenizer_and_model(processing_class, model, args.context_length)
+        enable_full_determinism(args.seed) if args.full_determinism else set_seed(args.seed)
+        self.args, self.model, self.processing_class = args, model, processing_class
+        self.plugins = Plugins(extra=plugins)
+        self.loss, self.collator, self.chunker = build_components(self.plugins, args, processing_class)
+        self.data_stats: dict[str, ChunkStats] = {}
+        self.filter_reports: dict[str, list[FilterReport]] = {}
+        self.train_dataset, self.eval_dataset = prepare_datasets(
+            train_dataset,
+            eval_dataset,
+            processing_class,
+            args,
+            self.chunker,
+            self.data_stats,
+            plugins=self.plugins,
+            collator=self.collator,
+            filter_reports=self.filter_reports,
+        )
+        self.optimizer_cls, self.optimizer_kwargs = Trainer.get_optimizer_cls_and_kwargs(args, model)
+        if not isinstance(self.optimizer_cls, type) or {"params", "model", "optimizer_dict"} & set(
+            self.optimizer_kwargs
+        ):
+            raise ConfigError(
+                f"the Accelerate loop does not implement optim {args.optim!r}: it builds its own parameter list. "
+                "Use adamw_torch (or another plain torch optimizer), or train with ClmTrainer."
+            )
+        self.accelerator = Accelerator(
+            # --bf16 / --fp16 decide; else the accelerate config's mixed_precision, as for the Trainer
+            mixed_precision="bf16" if args.bf16 else "fp16" if args.fp16 else None,
+            cpu=args.use_cpu,
+            gradient_accumulation_plugin=GradientAccumulationPlugin(
+                num_steps=args.gradient_accumulation_steps, sync_with_dataloader=False
+            ),
+            dataloader_config=DataLoaderConfiguration(  # the Trainer's: same sampler seed, same sharding
+                split_batches=args.accelerator_config.split_batches,
+                dispatch_batches=args.accelerator_config.dispatch_batches,
+                even_batches=args.accelerator_config.even_batches,
+                use_seedable_sampler=args.accelerator_config.use_seedable_sampler,
+                data_seed=args.data_seed,
+            ),
+        )
+        reporting = [cb() for cb in get_reporting_integration_callbacks(args.report_to)]
+        printer = PrinterCallback() if args.disable_tqdm else ProgressCallback()
+        self.callback_handler = CallbackHandler(
+            [DefaultFlowCallback(), TokenCounter(), *self.plugins.callbacks(args), *callbacks, *reporting, printer],
+            model,
+            processing_class,
+            None,
+            None,
+        )
+        self.state = TrainerState()
+        self.control = TrainerControl()
+        self.model_wrapped: nn.Module | None = None
+        self._byte_lengths = token_byte_lengths(processing_class)
+
+    def add_callback(self, callback: TrainerCallback | type[TrainerCallback]) -> None:
+        """Add a ``TrainerCallback`` (an instance or a class), as ``Trainer.add_callback`` does."""
+        self.callback_handler.add_callback(callback)
+
+    # ---- the loop --------------------------------------------------------------------------------
+
+    def train(self, resume_from_checkpoint: str | bool | None = None) -> TrainOutput:
+        """Train for ``max_steps`` (or ``num_train_epochs``); resume exactly from a ``checkpoint-N`` folder.
+
+        ``resume_from_checkpoint=True`` takes the last checkpoint in ``output_dir``. At the end the
+        model, tokenizer and arguments are saved to ``output_dir`` and pushed when ``push_to_hub``.
+        """
+        args, acc = self.args, self.accelerator
+        if self.train_dataset is None:
+            raise ConfigError("ClmLoop.train needs a train_dataset.")
+        if args.gradient_checkpointing:
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=args.gradient_checkpointing_kwargs)
+        grouper = self.plugins.get("param_groupers", args.param_grouper).obj
+        optimizer = self.optimizer_cls(grouper(self.model, args.weight_decay), **self.optimizer_kwargs)
+        model, optimizer, dataloader = acc.prepare(self.model, optimizer, self._train_dataloader())
+        self.model_wrapped = model
+        batches_per_epoch = len(dataloader) if has_length(dataloader) else None
+        max_steps = args.max_steps
+        if max_steps <= 0:
+            if batches_per_epoch is None:
+                raise ConfigError("the train dataset has no length (an IterableDataset): set max_steps.")
+            max_steps = math.ceil(
+                args.num_train_epochs * math.ceil(batches_per_epoch / args.gradient_accumulation_steps)
+            )
+        # counted in optimizer steps, stepped once per optimizer step (the course built it in micro-batches)
+        scheduler = get_scheduler(
+            args.lr_scheduler_type,
+            optimizer,
+            num_warmup_steps=args.get_warmup_steps(max_steps),
+            num_training_steps=max_steps,
+            scheduler_specific_kwargs=args.lr_scheduler_kwargs,
+        )
+        acc.register_for_checkpointing(scheduler)
+        self.callback_handler.optimizer, self.callback_handler.lr_scheduler = optimizer, scheduler
+        self._init_state(max_steps)
+        epoch, resumed = 0, None
+        if resume_from_checkpoint:
+            epoch, resumed = self._resume(resume_from_checkpoint, dataloader)
+        first_step, start = self.state.global_step, time.time()
+        self._tr_loss = torch.zeros((), device=acc.device)
+        self._logged_loss, self._last_logged = 0.0, self.state.global_step
+        model.train()
+        self.control = self.callback_handler.on_train_begin(args, self.state, self.control)
+        if args.eval_on_start:
+            self.evaluate()
+        while not self.control.should_training_stop:
+            dataloader.set_epoch(epoch)
+            seen, batches = resumed or (0, iter(dataloader))
+            resumed = None
+            self.control = self.callback_handler.on_epoch_begin(args, self.state, self.control)
+            while window := _next_window(batches, args.gradient_accumulation_steps):
+                seen += len(window)
+                self.control = self.callback_handler.on_step_begin(args, self.state, self.control)
+                self._tr_loss += self._accumulate(model, window)
+                # here acc.sync_gradients is True: every process holds the window's all-reduced gradients
+                grad_norm = acc.clip_grad_norm_(model.parameters(), args.max_grad_norm) if args.max_grad_norm else None
+                self.control = self.callback_handler.on_pre_optimizer_step(args, self.state, self.control)
+                optimizer.step()
+                self.control = self.callback_handler.on_optimizer_step(args, self.state, self.control)
+                learning_rate = optimizer.param_groups[0]["lr"]  # the rate this step used
+                if not acc.optimizer_step_was_skipped:  # fp16 overflow
+                    scheduler.step()
+                optimizer.zero_grad()
+                self.state.global_step += 1
+                self.state.epoch = epoch + seen / batches_per_epoch if batches_per_epoch else None
+                self.control = self.callback_handler.on_step_end(args, self.state, self.control)
+                self._log_evaluate_save(grad_norm, learning_rate, _position(epoch, seen, batches_per_epoch))
+                if self.control.should_epoch_stop or self.control.should_training_stop:
+                    break
+            if seen == 0:
+                logger.warning("the train dataloader yielded no batch; stopping at step %d", self.state.global_step)
+                self.control.should_training_stop = True
+            self.control = self.callback_handler.on_epoch_end(args, self.state, self.control)
+            epoch += 1
+            self._log_evaluate_save(None, optimizer.param_groups[0]["lr"], _position(epoch, 0, batches_per_epoch))
+        steps = self.state.global_step - first_step
+        training_loss = (self._logged_loss + acc.reduce(self._tr_loss, "sum").item()) / max(steps, 1)
+        metrics = {"train_runtime": round(time.time() - start, 4), "train_loss": training_loss}
+        self.log(dict(metrics))
+        self.control = self.callback_handler.on_train_end(args, self.state, self.control)
+        self.save_model()
+        if args.push_to_hub:
+            self.push_to_hub()
+        return TrainOutput(self.state.global_step, training_loss, metrics)
+
+    def _accumulate(self, model: nn.Module, window: list[dict[str, torch.Tensor]]) -> torch.Tensor:
+        """Forward and backward over one accumulation window; return this process's share of its loss.
+
+        Each micro-batch's loss is its loss sum over the normalizer of the whole window on all
+        processes, so the gradients of the window equal those of one big batch (DESIGN.md, item 5).
+        """
+        acc = self.accelerator
+        total = window_normalizer(self.loss, window, acc)
+        acc.gradient_accumulation_steps = len(window)  # the last window of an epoch may be shorter
+        acc.step = 0  # accumulate() counts micro-steps from here and syncs on the window's last one
+        hidden = self.loss.consumes == "hidden_states" and self.args.chunked_loss
+        window_loss = torch.zeros((), device=acc.device)
+        for batch in window:
+            self._token_counter().count(batch)
+            with acc.accumulate(model):  # no gradient all-reduce before the window's last micro-batch
+                with acc.autocast():
+                    inputs, _ = forward_for_loss(model, batch, hidden, self.args.loss_chunk_size)
+                    loss = loss_from_inputs(self.loss, inputs, total)
+                # DDP averages gradients over processes, and backward() divides by the accumulation
+                # steps (DeepSpeed when asked to): undo both, the window normalizer already did that job
+                if acc.distributed_type == DistributedType.DEEPSPEED:
+                    acc.backward(loss * acc.num_processes, scale_wrt_gas=False)
+                else:
+                    acc.backward(loss * acc.num_processes * len(window))
+            window_loss += loss.detach()
+        if not torch.isfinite(window_loss):
+            raise NonFiniteLossError(
+                f"the training loss became {window_loss.item()} at optimizer step {self.state.global_step + 1}. "
+                "Lower the learning rate, set max_grad_norm, or use bf16 instead of fp16, then resume from the "
+                "last checkpoint-N."
+            )
+        return window_loss
+
+    def _log_evaluate_save(self, grad_norm: torch.Tensor | None, learning_rate: float, position: dict) -> None:
+        """Act on what the callbacks decided for this step: log, evaluate, save a checkpoint."""
+        if self.control.should_log and self.state.global_step > self._last_logged:
+            steps = self.state.global_step - self._last_logged
+            loss = self.accelerator.reduce(self._tr_loss, "sum").item()  # per target token, all processes
+            self._tr_loss.zero_()
+            self._logged_loss += loss
+            self._last_logged = self.state.global_step
+            logs = {"loss": loss / steps, "learning_rate": learning_rate}
+            if grad_norm is not None:
+                logs["grad_norm"] = float(grad_norm)
+            self.log(logs)
+        if self.control.should_evaluate:
+            self.evaluate()
+        if self.control.should_save:
+            self._save_checkpoint(position)
+            self.control = self.callback_handler.on_save(self.args, self.state, self.control)
+
+    def log(self, logs: dict[str, float]) -> None:
+        """Record ``logs`` in ``state.log_history`` (with token counts on training lines) and tell the callbacks."""
+        if "loss" in logs:
+            logs.update(self._token_counter().logs(self.accelerator))
+        if self.state.epoch is not None:
+            logs["epoch"] = self.state.epoch
+        self.state.log_history.append({**logs, "step": self.state.global_step})
+        self.control = self.callback_handler.on_log(self.args, self.state, self.control, logs)
+
+    def _token_counter(self) -> TokenCounter:
+        return next(cb for cb in self.callback_handler.callbacks if isinstance(cb, TokenCounter))
+
+    # ---- evaluation ------------------------------------------------------------------------------
+
+    def evaluate(
+        self, eval_dataset: Dataset | Mapping[str, Dataset] | None = None, metric_key_prefix: str = "eval"
+    ) -> dict[str, float]:
+        """Exact token-weighted metrics over the eval set(s): ``eval_loss``, ``eval_perplexity``, ...
+
+        Each batch becomes four numbers per sample, gathered with ``gather_for_metrics`` (which drops
+        the duplicates that pad an uneven last batch), so every process gets the single-process value.
+        """
+        dataset = self.eval_dataset if eval_dataset is None else eval_dataset
+        if dataset is None:
+            raise ConfigError("ClmLoop.evaluate needs an eval_dataset.")
+        if isinstance(dataset, Mapping):
+            return {
+                k: v for name, d in dataset.items() for k, v in self.evaluate(d, f"{metric_key_prefix}_{name}").items()
+            }
+        acc = self.accelerator
+        model = self.model_wrapped if self.model_wrapped is not None else self.model.to(acc.device)
+        was_training = model.training
+        model.eval()
+        metric = ClmMetrics()
+        for batch in acc.prepare(self._dataloader(dataset, self.args.per_device_eval_batch_size, SequentialSampler)):
+            with torch.no_grad(), acc.autocast():
+                inputs, _ = forward_for_loss(model, batch, self.args.chunked_loss, self.args.loss_chunk_size)
+                rows = sample_statistics(inputs, self._byte_lengths)
+            metric.add_rows(acc.gather_for_metrics(rows))
+        model.train(was_training)
+        metrics = {f"{metric_key_prefix}_{k}": v for k, v in metric.compute().items()}
+        self.log(dict(metrics))
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics=metrics)
+        return metrics
+
+    # ---- data ------------------------------------------------------------------------------------
+
+    def _train_dataloader(self) -> DataLoader:
+        sampler = SequentialSampler if self.args.train_sampling_strategy == "sequential" else RandomSampler
+        return self._dataloader(self.train_dataset, self.args.per_device_train_batch_size, sampler)
+
+    def _dataloader(self, dataset: Dataset | IterableDataset, batch_size: int, sampler: type) -> DataLoader:
+        """Built as the Trainer builds its own; ``accelerator.prepare`` turns a RandomSampler into a seeded one."""
+        args = self.args
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            sampler=None if isinstance(dataset, torch.utils.data.IterableDataset) else sampler(dataset),
+            collate_fn=self.collator,
+            drop_last=args.dataloader_drop_last,
+            num_workers=args.dataloader_num_workers,
+            pin_memory=args.dataloader_pin_memory,
+        )
+
+    # ---- state, checkpoints, saving -------------------------------------------------------------
+
+    def _init_state(self, max_steps: int) -> None:
+        self.state = TrainerState(stateful_callbacks=self._stateful_callbacks())
+        self.state.compute_steps(self.args, max_steps)
+        self.state.max_steps = max_steps
+        self.state.train_batch_size = self.args.per_device_train_batch_size
+        self.state.is_local_process_zero = self.accelerator.is_local_main_process
+        self.state.is_world_process_zero = self.accelerator.is_main_process
+
+    def _stateful_callbacks(self) -> list[ExportableState]:
+        """The callbacks whose state a checkpoint keeps (e.g. ``TokenCounter``, which reads it back on resume)."""
+        return [cb for cb in [*self.callback_handler.callbacks, self.control] if isinstance(cb, ExportableState)]
+
+    def _settings(self) -> dict[str, dict[str, Any]]:
+        model = self.accelerator.unwrap_model(self.model)
+        return run_settings(model, self.args, self.processing_class, self.accelerator.num_processes)
+
+    def _save_checkpoint(self, position: dict[str, int]) -> None:
+        """``checkpoint-N``: accelerate's full training state, the tokenizer and config, and the data position.
+
+        Written as ``.partial-checkpoint-N`` and renamed when complete, so a killed run leaves no half
+        checkpoint under a name that ``resume_from_checkpoint=True`` would pick.
+        """
+        acc = self.accelerator
+        folder = Path(self.args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        partial = folder.with_name(f".partial-{folder.name}")
+        if acc.is_main_process:
+            shutil.rmtree(partial, ignore_errors=True)
+            partial.mkdir(parents=True)
+        acc.wait_for_everyone()
+        acc.save_state(str(partial))  # model, optimizer, scheduler, each process's RNG state
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            acc.unwrap_model(self.model).config.save_pretrained(partial)
+            self.processing_class.save_pretrained(partial)
+            self.state.stateful_callbacks = TrainerState(
+                stateful_callbacks=self._stateful_callbacks()
+            ).stateful_callbacks
+            self.state.save_to_json(str(partial / TRAINER_STATE_NAME))
+            write_checkpoint_state(partial, position, self._settings())
+            shutil.rmtree(folder, ignore_errors=True)
+            partial.rename(folder)
+            rotate_checkpoints(self.args.output_dir, self.args.save_total_limit)
+        acc.wait_for_everyone()
+
+    def _resume(self, checkpoint: str | bool, dataloader: DataLoader) -> tuple[int, tuple[int, Iterator] | None]:
+        """Check, then load a checkpoint; return its epoch and, mid-epoch, the batches done and the rest.
+
+        Starting an iteration draws a seed from the global RNG, which the interrupted run did before
+        it saved that RNG; so mid-epoch the first batch is fetched before the state (RNG included) is
+        loaded, as the Trainer does. At an epoch start, the iteration starts after, as it did then.
+        """
+        checkpoint = find_checkpoint(checkpoint, self.args.output_dir)
+        position = read_checkpoint(checkpoint, self._settings())  # raises before anything is loaded
+        epoch, done, rest = position["epoch"], position["batches_in_epoch"], None
+        if done:
+            dataloader.set_epoch(epoch)
+            batches = iter(self.accelerator.skip_first_batches(dataloader, done))
+            first = next(batches, None)
+            rest = (done, batches if first is None else itertools.chain([first], batches))
+        self.accelerator.load_state(str(checkpoint))  # model, optimizer, scheduler, RNG
+        self.state = TrainerState.load_from_json(os.path.join(checkpoint, TRAINER_STATE_NAME))
+        self.state.is_local_process_zero = self.accelerator.is_local_main_process
+        self.state.is_world_process_zero = self.accelerator.is_main_process
+        logger.info("resumed from %s at step %d (epoch %d, batch %d)", checkpoint, self.state.global_step, epoch, done)
+        return epoch, rest
+
+    def save_model(self, output_dir: str | None = None) -> None:
+        """Model (safetensors), config, generation config, tokenizer and arguments: ``Trainer.save_model``'s layout.
+
+        Every process must call it: FSDP and ZeRO-3 gather the full weights here; the main process writes.
+        """
+        acc = self.accelerator
+        output_dir = output_dir or self.args.output_dir
+        model = self.model_wrapped if self.model_wrapped is not None else self.model
+        state_dict = acc.get_state_dict(model)
+        if acc.is_main_process:
+            acc.unwrap_model(model).save_pretrained(output_dir, state_dict=state_dict)
+            self.processing_class.save_pretrained(output_dir)
+            torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
+        acc.wait_for_everyone()
+
+    def push_to_hub(self) -> None:
+        """Upload ``output_dir`` without its checkpoints to ``hub_model_id`` (default: the folder's name)."""
+        if self.accelerator.is_main_process:
+            args = self.args
+            repo_id = args.hub_model_id or Path(args.output_dir).absolute().name
+            repo = create_repo(repo_id, token=args.hub_token, private=args.hub_private_repo, exist_ok=True)
+            upload_folder(
+                repo_id=repo.repo_id,
+                folder_path=args.output_dir,
+                commit_message="End of training",
+                token=args.hub_token,
+                ignore_patterns=[f"{PREFIX_CHECKPOINT_DIR}-*", ".partial-*"],
+            )
+        self.accelerator.wait_for_everyone()
+
+
+def _next_window(batches: Iterator[dict[str, torch.Tensor]], size: int) -> list[dict[str, torch.Tensor]]:
+    """The next accumulation window: ``size`` micro-batches, fewer at the end of an epoch, none after it."""
+    return [batch for _, batch in zip(range(size), batches, strict=False)]
+
+
+def _position(epoch: int, batches_seen: int, batches_per_epoch: int | None) -> dict[str, int]:
+    """Where the data stands after a step; a finished epoch is recorded as the start of the next one."""
+    if batches_per_epoch is not None and batches_seen >= batches_per_epoch:
+        return {"epoch": epoch + 1, "batches_in_epoch": 0}
+    return {"epoch": epoch, "batches_in_epoch": batches_seen}

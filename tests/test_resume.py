@@ -1,0 +1,162 @@
+"""Exact resume on both paths from a run killed for real, and loop checkpoints that never load half."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from transformers.trainer_utils import get_last_checkpoint
+
+SCRIPTS = Path(__file__).parent / "dist_scripts"
+sys.path.insert(0, str(SCRIPTS))
+
+from common import write_inputs  # noqa: E402
+from resumable import MAX_STEPS, train  # noqa: E402
+
+from clmkit import ClmTrainer  # noqa: E402
+from clmkit.checkpoint import CheckpointError  # noqa: E402
+from clmkit.loop import ClmLoop  # noqa: E402
+
+K = 4  # checkpoint step of the killed run: in its second epoch, after a short window
+BATCHES_BEFORE_K = 7  # epoch 0: 5 batches (windows of 2, 2, 1) for steps 1-3; step 4: 2 more
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory, tokenizer, texts) -> Path:
+    path = tmp_path_factory.mktemp("inputs")
+    write_inputs(path, tokenizer, texts)
+    return path
+
+
+def run_until_killed(workdir: Path, out: Path, path: str) -> None:
+    """Start resumable.py, SIGKILL it once its checkpoint at step K is written (it goes on, slowly, till then)."""
+    log = (out / "output.txt").open("w")
+    process = subprocess.Popen(
+        [sys.executable, str(SCRIPTS / "resumable.py"), str(workdir), str(out), path, str(K)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while not (out / f"saved-{K}").exists():
+            assert process.poll() is None, (out / "output.txt").read_text()[-5000:]
+            assert time.monotonic() < deadline, "no checkpoint after 240 s"
+            time.sleep(0.05)
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        log.close()
+    assert process.returncode == -signal.SIGKILL
+
+
+@pytest.mark.parametrize("path", ["trainer", "loop"])
+def test_killed_run_resumes_exactly(path, workdir, tmp_path):
+    killed, uninterrupted = tmp_path / "killed", tmp_path / "uninterrupted"
+    killed.mkdir()
+    uninterrupted.mkdir()
+    run_until_killed(workdir, killed, path)
+    checkpoint = get_last_checkpoint(str(killed))
+    assert checkpoint == str(killed / f"checkpoint-{K}")
+    (killed / "batches.txt").unlink()  # from here on it records the resumed run's batches
+
+    resumed = train(workdir, killed, path, save_steps=K, resume=checkpoint)
+    reference = train(workdir, uninterrupted, path, save_steps=K)
+
+    assert resumed.state.global_step == reference.state.global_step == MAX_STEPS
+    ours, theirs = dict(resumed.model.named_parameters()), dict(reference.model.named_parameters())
+    worst = max((ours[k] - theirs[k]).abs().max().item() for k in theirs)
+    assert worst <= 1e-6, f"{path}: resumed parameters differ from the uninterrupted run's by {worst:.2e}"
+    seen = (killed / "batches.txt").read_text().split()
+    assert seen == (uninterrupted / "batches.txt").read_text().split()[BATCHES_BEFORE_K:]
+    # the logs of steps 1-4 come from the killed run's checkpoint; the token count goes on from there
+    logs, expected = ([e for e in r.state.log_history if "loss" in e] for r in (resumed, reference))
+    assert [(e["step"], e["tokens_seen"]) for e in logs] == [(e["step"], e["tokens_seen"]) for e in expected]
+    assert [e["loss"] for e in logs] == pytest.approx([e["loss"] for e in expected], abs=1e-6)
+
+
+def test_loop_checkpoints_layout(workdir, tmp_path):
+    train(workdir, tmp_path, "loop", save_steps=3)
+    assert sorted(int(p.name.split("-")[-1]) for p in tmp_path.glob("*checkpoint-*")) == [3, 6, 9, MAX_STEPS]
+    checkpoint = {p.name for p in (tmp_path / "checkpoint-6").iterdir()}
+    state = {"model.safetensors", "optimizer.bin", "random_states_0.pkl", "trainer_state.json"}
+    assert state | {"config.json", "tokenizer.json", "clmkit_checkpoint.json"} <= checkpoint
+    final = {p.name for p in tmp_path.iterdir()}
+    assert {
+        "model.safetensors",
+        "config.json",
+        "generation_config.json",
+        "tokenizer.json",
+        "training_args.bin",
+    } <= final
+
+
+# ---- bad checkpoints: named problems, nothing loaded (both paths) ---------------------------------
+
+# path -> (class, its optimizer state file, its RNG state file)
+PATHS = {
+    "trainer": (ClmTrainer, "optimizer.pt", "rng_state.pth"),
+    "loop": (ClmLoop, "optimizer.bin", "random_states_0.pkl"),
+}
+
+
+@pytest.fixture(params=list(PATHS))
+def first_run(request, tmp_path, make_args, make_model, tokenizer, raw_datasets):
+    """checkpoint-2 of a 2-step run (on the small validation split, to be quick); the class that wrote it."""
+    cls = PATHS[request.param][0]
+    args = make_args(output_dir=str(tmp_path / "first"), max_steps=2, save_strategy="steps", save_steps=2)
+    cls(model=make_model(), args=args, processing_class=tokenizer, train_dataset=raw_datasets["valid"]).train()
+    return request.param, tmp_path / "first" / "checkpoint-2"
+
+
+def resume(path: str, checkpoint: Path | bool, model, make_args, tokenizer, raw_datasets, **overrides) -> None:
+    args = make_args(max_steps=4, **overrides)
+    run = PATHS[path][0](model=model, args=args, processing_class=tokenizer, train_dataset=raw_datasets["valid"])
+    run.train(resume_from_checkpoint=checkpoint if checkpoint is True else str(checkpoint))
+
+
+def test_incomplete_checkpoint_names_what_is_missing_and_loads_nothing(
+    first_run, make_args, make_model, tokenizer, raw_datasets
+):
+    path, checkpoint = first_run
+    _, optimizer_file, rng_file = PATHS[path]
+    (checkpoint / optimizer_file).unlink()
+    with (checkpoint / rng_file).open("r+b") as f:
+        f.truncate(10)
+    model = make_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(CheckpointError) as error:
+        resume(path, checkpoint, model, make_args, tokenizer, raw_datasets)
+    assert f"missing {optimizer_file}" in str(error.value)
+    assert f"truncated {rng_file} (10 of" in str(error.value)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_folder_without_state_file_is_refused(first_run, make_args, make_model, tokenizer, raw_datasets):
+    path, checkpoint = first_run
+    (checkpoint / "clmkit_checkpoint.json").unlink()  # what a run killed while saving leaves
+    with pytest.raises(CheckpointError, match="clmkit_checkpoint.json is missing"):
+        resume(path, checkpoint, make_model(), make_args, tokenizer, raw_datasets)
+
+
+def test_other_model_and_chunker_settings_are_named(first_run, make_args, make_model, tokenizer, raw_datasets):
+    path, checkpoint = first_run
+    with pytest.raises(CheckpointError) as error:
+        resume(path, checkpoint, make_model(n_embd=32), make_args, tokenizer, raw_datasets, chunker="overflow")
+    message = str(error.value)
+    assert "model n_embd: 64 in the checkpoint, 32 now" in message
+    assert "data chunker: 'concat' in the checkpoint, 'overflow' now" in message
+    assert "context_length" not in message  # only what differs
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+def test_resume_true_without_checkpoint(path, tmp_path, make_args, make_model, tokenizer, raw_datasets):
+    (tmp_path / "out" / ".partial-checkpoint-9").mkdir(parents=True)  # what the loop leaves when killed mid-save
+    with pytest.raises(CheckpointError, match="holds no checkpoint-N folder"):
+        resume(path, True, make_model(), make_args, tokenizer, raw_datasets)
