@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
+import importlib
+import json
+import math
+import os
 import re
+import shlex
+import subprocess
+import sys
+import tomllib
 import types
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from clmkit import hookspecs
+from clmkit.data.corpus import stdlib_root
 from clmkit.plugins import REGISTRIES, Plugins
+from clmkit.testing import install_plugin_package
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 
@@ -72,3 +84,236 @@ def test_plugin_guide_snippets_register_and_train(tmp_path, tokenizer, make_mode
     trainer.train()
     losses = [log["loss"] for log in trainer.state.log_history if "loss" in log]
     assert losses and all(loss > 0 for loss in losses)
+
+
+# ---- the Quickstart and how-to pages: every snippet runs at tiny sizes, or says why it cannot -----
+#
+# A page's fenced blocks run in order, in one namespace, in a temporary working directory that is on
+# sys.path: ```python blocks are executed, ```bash lines must be `clmkit ...` commands (run in-process
+# with TINY_CLI flags appended, which override the page's sizes), ```toml blocks must parse. A block
+# right after `<!-- not run: REASON -->` is not run (the reason is shown on the page as a comment);
+# one after `<!-- file: PATH -->` is written to PATH instead. Each page shrinks its sizes with textual
+# replacements, and every replacement must match, so a changed page cannot silently run at full size.
+
+BLOCK = re.compile(r"(?:<!-- (not run|file): (.+?) -->\n)?```(\w+)\n(.*?)```", flags=re.S)
+TINY_CORPUS_FILES = ["json/__init__.py", "json/decoder.py", "json/encoder.py", "json/scanner.py", "json/tool.py"]
+TINY_CLI = [
+    "--model-preset", "test", "--config_overrides", "n_layer=1", "--vocab_size", "512", "--context_length", "64",
+    "--max_steps", "2", "--per_device_train_batch_size", "4", "--valid_split_percentage", "20",
+    "--max_new_tokens", "4", "--disable_tqdm", "true",
+]  # fmt: skip
+SHRINK_RUN = [
+    ("load_corpus()", "load_corpus(TINY_CORPUS, valid_percentage=20)"),
+    ("vocab_size=8192", "vocab_size=512"),
+    ('"tiny"', '"test"'),
+]
+
+
+@dataclass
+class Snippet:
+    page: str
+    index: int
+    note: str | None  # "not run" or "file"
+    detail: str | None  # the reason, or the path
+    lang: str
+    code: str
+
+
+def snippets(page: str) -> list[Snippet]:
+    text = (DOCS / page).read_text()
+    return [Snippet(page, i, *m.groups()) for i, m in enumerate(BLOCK.finditer(text))]
+
+
+@pytest.fixture(scope="module")
+def tiny_corpus_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("corpus")
+    for name in [*TINY_CORPUS_FILES, "textwrap.py"]:
+        (root / Path(name).name).write_bytes((stdlib_root() / name).read_bytes())
+    return root
+
+
+def run_page(
+    page: str,
+    replacements: list[tuple[str, str]],
+    workdir: Path,
+    corpus: Path,
+    namespace: dict | None = None,
+    instead: dict[str, Callable[[Snippet], None]] | None = None,
+) -> dict:
+    """Run every snippet of ``page`` as described above; return the Python namespace."""
+    from clmkit.cli import main
+
+    ns = {"__name__": "doc_" + re.sub(r"\W", "_", page), "TINY_CORPUS": str(corpus), **(namespace or {})}
+    unused = dict.fromkeys(range(len(replacements)))
+    for snippet in snippets(page):
+        code = snippet.code
+        for i, (old, new) in enumerate(replacements):
+            if old in code:
+                code = code.replace(old, new)
+                unused.pop(i, None)
+        if snippet.note == "not run":
+            assert len(snippet.detail) > 20, f"{page} block {snippet.index}: say why it cannot run here"
+            for key, action in (instead or {}).items():
+                if key in code:
+                    action(snippet)
+        elif snippet.note == "file":
+            path = workdir / snippet.detail
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(code)
+        elif snippet.lang == "python":
+            exec(compile(code, f"docs/{page}#{snippet.index}", "exec"), ns)
+        elif snippet.lang == "bash":
+            for line in filter(None, (line.split("  #")[0].strip() for line in code.splitlines())):
+                assert line.startswith("clmkit "), (
+                    f"{page}: {line!r} is no clmkit command; mark it <!-- not run: why -->"
+                )
+                argv = shlex.split(line)[1:]
+                assert main(argv + (TINY_CLI + ["--dataset", str(corpus)] if argv[0] == "train" else [])) == 0, line
+        elif snippet.lang == "toml":
+            tomllib.loads(code)
+        else:
+            pytest.fail(f"{page} block {snippet.index}: no way to run a {snippet.lang!r} block; mark it not run")
+    assert not unused, f"{page}: replacements that no longer match: {[replacements[i][0] for i in unused]}"
+    return ns
+
+
+@pytest.fixture
+def page_env(tmp_path, monkeypatch, tiny_corpus_dir):
+    """The working directory (also on sys.path) and corpus a page runs in; third-party plugins autoload."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delenv("CLMKIT_DISABLE_PLUGIN_AUTOLOAD", raising=False)
+    monkeypatch.delenv("CLMKIT_PLUGINS", raising=False)
+    return tmp_path, tiny_corpus_dir
+
+
+def test_quickstart_runs(page_env):
+    ns = run_page("index.md", [*SHRINK_RUN, ("max_steps=600", "max_steps=2")], *page_env)
+    assert (page_env[0] / "clmkit-out" / "model.safetensors").is_file()
+    assert ns["trainer"].state.global_step == 2
+
+
+def test_course_recipe_runs_on_local_data(page_env, tokenizer, raw_datasets):
+    shrink = [
+        ('gpt2_config("gpt2"', 'gpt2_config("test"'),
+        ("context_length = 128", "context_length = 64"),
+        ('["plt", "pd", "sk", "fit", "predict"]', '["self", "return", "def"]'),  # single tokens of the tiny tokenizer
+        ("per_device_train_batch_size=32", "per_device_train_batch_size=4"),
+        ("per_device_eval_batch_size=32", "per_device_eval_batch_size=4"),
+        ("gradient_accumulation_steps=8", "gradient_accumulation_steps=2"),
+        ("num_train_epochs=1", "max_steps=2"),
+        ("fp16=True", "fp16=False"),  # no fp16 on a CPU
+        ("max_new_tokens=32", "max_new_tokens=4"),
+    ]
+    ns = run_page(
+        "howto/course-recipe.md", shrink, *page_env, namespace={"raw_datasets": raw_datasets, "tokenizer": tokenizer}
+    )
+    assert ns["trainer"].loss.__class__.__name__ == "KeyToken"
+    assert ns["trainer"].chunker.__class__.__name__ == "Overflow"
+
+
+def test_choose_a_chunker_measures_both_builtins(page_env, capsys):
+    run_page("howto/choose-a-chunker.md", SHRINK_RUN[:2], *page_env)
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines if "examples" in line] == ["concat", "overflow"]
+
+
+def test_chunker_plugin_guide_restarts_positions_after_each_eos(page_env):
+    ns = run_page("howto/chunker-plugin.md", [*SHRINK_RUN, ("max_steps=600", "max_steps=2")], *page_env)
+    trainer = ns["trainer"]
+    example = trainer.train_dataset[0]
+    eos = trainer.processing_class.eos_token_id
+    for i in range(1, len(example["input_ids"])):
+        previous = example["input_ids"][i - 1]
+        assert example["position_ids"][i] == (0 if previous == eos else example["position_ids"][i - 1] + 1)
+    assert trainer.state.global_step == 2
+
+
+def test_loss_plugin_guide_end_to_end(page_env, capsys):
+    """Generate the package, write the page's files, install it, run its tests, then train with it by name."""
+    workdir, _ = page_env
+    site = workdir / "site-packages"
+
+    def install_and_test(snippet: Snippet) -> None:
+        folder = workdir / "clmkit-focal-loss"
+        install_plugin_package(folder, target=site)
+        env = {**os.environ, "PYTHONPATH": str(site), "OMP_NUM_THREADS": "1"}
+        done = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"],
+            cwd=folder,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        assert done.returncode == 0 and "4 passed" in done.stdout, done.stdout + done.stderr
+        sys.path.insert(0, str(site))
+        importlib.invalidate_caches()
+
+    try:
+        run_page("howto/loss-plugin.md", [], *page_env, instead={"pip install -e": install_and_test})
+    finally:
+        if str(site) in sys.path:
+            sys.path.remove(str(site))
+    out = capsys.readouterr().out
+    assert '"distribution": "clmkit-focal-loss"' in out
+    metrics = json.loads((workdir / "clmkit-out" / "metrics.json").read_text())
+    assert metrics["global_step"] == 2 and math.isfinite(metrics["eval_loss"])
+
+
+def test_fill_in_the_middle_guide_runs(page_env):
+    shrink = [
+        *SHRINK_RUN,
+        ("256", "64"),
+        ("max_steps=2000", "max_steps=2"),
+        ("per_device_train_batch_size=16", "per_device_train_batch_size=4"),
+    ]
+    install = {
+        "pip install ./plugins/clmkit-fim": lambda _: install_plugin_package(DOCS.parent / "plugins" / "clmkit-fim")
+    }
+    ns = run_page("howto/fill-in-the-middle.md", shrink, *page_env, instead=install)
+    assert "<fim_middle>" in ns["tokenizer"].get_vocab()
+    assert isinstance(ns["infill"](ns["model"], ns["tokenizer"], "x = ", "\n", max_new_tokens=2), str)
+
+
+def test_multi_process_script_runs_on_one_process(page_env, tokenizer):
+    tokenizer.save_pretrained(page_env[0] / "clmkit-out")  # "trained once, before the launch"
+    shrink = [
+        *SHRINK_RUN[::2],
+        ("max_steps=600", "max_steps=2"),
+        ("context_length=128", "context_length=64"),
+        ("per_device_train_batch_size=16", "per_device_train_batch_size=4"),
+    ]
+    ns = run_page("howto/multi-process.md", shrink, *page_env)
+    assert ns["trainer"].state.global_step == 2 and (page_env[0] / "run-ddp" / "model.safetensors").is_file()
+
+
+def test_every_page_is_in_the_site_navigation():
+    import yaml
+
+    def pages(nav):
+        for item in nav:
+            value = next(iter(item.values())) if isinstance(item, dict) else item
+            yield from pages(value) if isinstance(value, list) else [value]
+
+    nav = set(pages(yaml.safe_load((DOCS.parent / "mkdocs.yml").read_text())["nav"]))
+    on_disk = {p.relative_to(DOCS).as_posix() for p in DOCS.rglob("*.md")}
+    assert on_disk == nav, (
+        f"pages missing from mkdocs.yml nav: {sorted(on_disk - nav)}; missing files: {sorted(nav - on_disk)}"
+    )
+
+
+def test_site_builds_strict_with_every_hook_in_the_generated_reference(tmp_path):
+    pytest.importorskip("mkdocs", reason="the docs extra is not installed: pip install -e '.[docs]'")
+    pytest.importorskip("mkdocstrings_handlers.python", reason="mkdocstrings-python is not installed")
+    site = tmp_path / "site"
+    done = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(site)],
+        cwd=DOCS.parent,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+    )
+    assert done.returncode == 0, done.stderr
+    generated = (site / "reference" / "hooks" / "index.html").read_text()
+    for hook in hook_names():
+        assert f'id="clmkit.hookspecs.{hook}"' in generated, f"{hook} missing from the generated hook reference"
