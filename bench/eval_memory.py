@@ -10,14 +10,13 @@ runs in its own process, since peak RSS (``getrusage``) is per process; both the
 from __future__ import annotations
 
 import argparse
-import json
 import sysconfig
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from isolated import child_config, peak_rss_mib, run_isolated
+from isolated import entry, peak_rss_mib, run_isolated
 
 GROWTH_TARGET = 1.10
 
@@ -129,8 +128,4 @@ def table(results: list[dict[str, Any]]) -> str:
 
 
 if __name__ == "__main__":
-    config = child_config()
-    if config is None:
-        main()
-    else:
-        print(json.dumps(one_configuration(config)))
+    entry(main, one_configuration)

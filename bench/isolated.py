@@ -7,6 +7,7 @@ import os
 import resource
 import subprocess
 import sys
+from collections.abc import Callable
 from typing import Any
 
 
@@ -37,3 +38,12 @@ def child_config() -> dict[str, Any] | None:
     if len(sys.argv) == 3 and sys.argv[1] == "--child":
         return json.loads(sys.argv[2])
     return None
+
+
+def entry(parent: Callable[[], None], child: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
+    """The ``__main__`` of a benchmark: the parent runs the comparison, a child measures one configuration."""
+    config = child_config()
+    if config is None:
+        parent()
+    else:
+        print(json.dumps(child(config)))

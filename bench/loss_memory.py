@@ -19,11 +19,10 @@ them all. Run: ``python bench/loss_memory.py`` (about 3 minutes on 2 CPU cores).
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from typing import Any
 
-from isolated import child_config, peak_rss_mib, run_isolated
+from isolated import entry, peak_rss_mib, run_isolated
 
 MEMORY_TARGET, TIME_TARGET = 0.5, 1.1
 
@@ -165,8 +164,4 @@ def table(rows: list[dict[str, dict[str, Any]]]) -> str:
 
 
 if __name__ == "__main__":
-    config = child_config()
-    if config is None:
-        main()
-    else:
-        print(json.dumps(one_configuration(config)))
+    entry(main, one_configuration)

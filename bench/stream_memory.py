@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from isolated import child_config, peak_rss_mib, run_isolated
+from isolated import entry, peak_rss_mib, run_isolated
 
 SHARD_BYTES = 62_500_000  # 4 shards = 0.25 GB, 16 = 1 GB
 TARGET_RATIO = 1.10
@@ -166,8 +166,4 @@ def table(results: list[dict[str, Any]]) -> str:
 
 
 if __name__ == "__main__":
-    config = child_config()
-    if config is None:
-        main()
-    else:
-        print(json.dumps(stream_once(config)))
+    entry(main, stream_once)

@@ -12,11 +12,12 @@ over the whole validation split (concat chunks of the context length, every targ
   steps in a CPU budget (``--course-accumulation 8`` puts them back).
 - clmkit: ``clmkit train``'s defaults exactly (``--clmkit-args`` adds flags, for tuning).
 
-Each recipe first times a few steps of its own trainer, sets ``max_steps`` so that its schedule ends
-at the budget, and a callback stops it at the budget in any case. Periodic evaluation and
-checkpoints are off for both; data preparation and the final evaluation are not counted.
+Each recipe runs its own warmup + cosine schedule over wall-clock time instead of steps (the same
+warmup fraction, zero learning rate when the budget is spent), so a busy shared machine cannot cut a
+schedule short; a callback stops training at the budget. Periodic evaluation and checkpoints are
+off for both; data preparation and the final evaluation are not counted.
 
-    python bench/time_to_quality.py                 # 150 s each, about 7 minutes in all
+    python bench/time_to_quality.py                 # 150 s each, about 8 minutes in all
     python bench/time_to_quality.py --budget 60 --clmkit-args "--learning_rate 3e-3"
 """
 
@@ -24,8 +25,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shlex
-import statistics
 import tempfile
 import time
 from collections.abc import Callable
@@ -33,41 +34,49 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from datasets import DatasetDict
 from transformers import DataCollatorForLanguageModeling, Trainer, TrainerCallback, TrainingArguments
 
 from clmkit import ClmTrainer, ClmTrainingArguments
-from clmkit.cli import TrainingData, build_trainer, load_data, parse_overrides, parse_train_args
+from clmkit.cli import build_trainer, load_data, parse_overrides, parse_train_args
 from clmkit.data.tokenizer import train_tokenizer
 from clmkit.models import build_model, gpt2_config
 
+UNBOUNDED_STEPS = 10**7  # the wall-clock budget ends training
 QUIET = ["--eval_strategy", "no", "--save_strategy", "no", "--disable_tqdm", "true", "--report_to", "none"]
 
 
-class StepClock(TrainerCallback):
-    """Times every optimizer step and stops training once ``budget`` seconds of training have passed."""
+class WallClockSchedule(TrainerCallback):
+    """Runs the recipe's own warmup + cosine schedule over wall-clock time and stops at the budget.
 
-    def __init__(self, budget: float | None = None) -> None:
+    Step-based schedules need the number of steps in advance, which a shared machine cannot promise;
+    over time, every recipe warms up for the same fraction of its budget and ends at zero
+    learning rate exactly when the budget is spent, whatever the machine's speed.
+    """
+
+    def __init__(self, budget: float) -> None:
         self.budget = budget
         self.start = 0.0
-        self.ends: list[float] = []
+        self.elapsed = 0.0
 
-    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+    def progress(self) -> float:
+        return min((time.perf_counter() - self.start) / self.budget, 1.0)
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, lr_scheduler: Any = None, **kwargs: Any) -> None:
+        warmup = args.warmup_steps if args.warmup_steps < 1 else 0.0
+
+        def factor(_: int) -> float:
+            done = self.progress()
+            if done < warmup:
+                return done / warmup
+            return 0.5 * (1.0 + math.cos(math.pi * (done - warmup) / (1.0 - warmup)))
+
+        lr_scheduler.lr_lambdas = [factor for _ in lr_scheduler.lr_lambdas]
         self.start = time.perf_counter()
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        self.ends.append(time.perf_counter())
-        if self.budget is not None and self.elapsed >= self.budget:
+        self.elapsed = time.perf_counter() - self.start
+        if self.elapsed >= self.budget:
             control.should_training_stop = True
-
-    @property
-    def elapsed(self) -> float:
-        return (self.ends[-1] if self.ends else self.start) - self.start
-
-    def seconds_per_step(self) -> float:
-        """Median step time, the first two steps (warm-up of kernels and caches) left out."""
-        times = [b - a for a, b in zip(self.ends[1:], self.ends[2:], strict=False)]
-        return statistics.median(times)
 
 
 def course_examples(tokenizer: Any, raw: Any, context_length: int) -> Any:
@@ -91,9 +100,9 @@ def course_examples(tokenizer: Any, raw: Any, context_length: int) -> Any:
 
 
 def course_trainer(
-    model_config: Any, tokenizer: Any, train: Any, max_steps: int, accumulation: int, out: str, clock: StepClock
+    model_config: Any, tokenizer: Any, train: Any, accumulation: int, out: str, clock: WallClockSchedule
 ) -> Trainer:
-    """The course's Trainer setup, sized to ``max_steps``."""
+    """The course's Trainer setup."""
     torch.manual_seed(0)
     args = TrainingArguments(
         output_dir=out,
@@ -103,7 +112,7 @@ def course_trainer(
         lr_scheduler_type="cosine",
         warmup_steps=0.015,
         weight_decay=0.1,
-        max_steps=max_steps,
+        max_steps=UNBOUNDED_STEPS,
         logging_steps=10,
         seed=0,
         **_quiet_args(),
@@ -124,11 +133,9 @@ def _quiet_args() -> dict[str, Any]:
     return {"eval_strategy": "no", "save_strategy": "no", "disable_tqdm": True, "report_to": "none"}
 
 
-def clmkit_trainer(
-    flags: list[str], data: Any, tokenizer: Any, max_steps: int, out: str, clock: StepClock
-) -> ClmTrainer:
+def clmkit_trainer(flags: list[str], data: Any, tokenizer: Any, out: str, clock: WallClockSchedule) -> ClmTrainer:
     """``clmkit train``'s defaults (plus ``flags``), built by the CLI's own code."""
-    _, _, run, args, _ = parse_train_args([*flags, "--output_dir", out, "--max_steps", str(max_steps), *QUIET])
+    _, _, run, args, _ = parse_train_args([*flags, "--output_dir", out, "--max_steps", str(UNBOUNDED_STEPS), *QUIET])
     trainer = build_trainer(run, parse_overrides(run.config_overrides), args, data, tokenizer)
     trainer.add_callback(clock)
     return trainer
@@ -143,33 +150,11 @@ def evaluate(model: Any, tokenizer: Any, validation: Any, context_length: int) -
         return ClmTrainer(model=model, args=args, processing_class=tokenizer, eval_dataset=validation).evaluate()
 
 
-def timed_run(name: str, make: Callable[[int, StepClock], Trainer], budget: float, probe_steps: int) -> dict[str, Any]:
-    """Time ``probe_steps`` steps, then train a fresh model for as many steps as fit in ``budget``."""
-    probe = StepClock()
-    make(probe_steps, probe).train()
-    per_step = probe.seconds_per_step()
-    max_steps = max(int(budget / per_step), 1)
-    print(f"[{name}] {per_step:.3f} s per step -> max_steps {max_steps} for {budget:.0f} s", flush=True)
-    clock = StepClock(budget)
-    trainer = make(max_steps, clock)
-    trainer.train()
-    steps = trainer.state.global_step
-    return {
-        "trainer": trainer,
-        "seconds_per_step": per_step,
-        "max_steps": max_steps,
-        "steps": steps,
-        "train_seconds": clock.elapsed,
-        "stopped_by_budget": steps < max_steps,
-    }
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--budget", type=float, default=150.0, help="Training seconds per recipe.")
     parser.add_argument("--clmkit-args", default="", help="Extra `clmkit train` flags (quoted), e.g. for tuning.")
     parser.add_argument("--course-accumulation", type=int, default=1, help="The course's accumulation steps (8).")
-    parser.add_argument("--probe-steps", type=int, default=8, help="Steps timed before each run.")
     parser.add_argument("--only", choices=["course", "clmkit"], help="Run one recipe only.")
     parser.add_argument("--json", type=Path, help="Also write the results to this JSON file.")
     options = parser.parse_args()
@@ -197,32 +182,27 @@ def main() -> None:
         "threads": torch.get_num_threads(),
     }
     with tempfile.TemporaryDirectory() as tmp:
-        recipes: dict[str, Callable[[int, StepClock], Trainer]] = {}
+        recipes: dict[str, Callable[[WallClockSchedule], Trainer]] = {}
         if options.only in (None, "course"):
             course_train = course_examples(tokenizer, data.splits["train"], args.context_length)
             results["course_train_examples"] = len(course_train)
-            recipes["course"] = lambda steps, clock: course_trainer(
-                model_config, tokenizer, course_train, steps, options.course_accumulation, f"{tmp}/course", clock
+            recipes["course"] = lambda clock: course_trainer(
+                model_config, tokenizer, course_train, options.course_accumulation, f"{tmp}/course", clock
             )
         if options.only in (None, "clmkit"):
-            prepared = [data]  # the first trainer tokenizes and chunks; later ones reuse its examples
-
-            def make_clmkit(steps: int, clock: StepClock) -> Trainer:
-                trainer = clmkit_trainer(flags, prepared[-1], tokenizer, steps, f"{tmp}/clmkit", clock)
-                splits = DatasetDict(train=trainer.train_dataset, validation=trainer.eval_dataset)
-                prepared.append(TrainingData(splits, data.info))
-                return trainer
-
-            recipes["clmkit"] = make_clmkit
+            recipes["clmkit"] = lambda clock: clmkit_trainer(flags, data, tokenizer, f"{tmp}/clmkit", clock)
         for name, make in recipes.items():
-            run_result = timed_run(name, make, options.budget, options.probe_steps)
-            trainer = run_result.pop("trainer")
+            clock = WallClockSchedule(options.budget)
+            trainer = make(clock)  # data preparation happens here, before the clock starts
+            trainer.train()
             metrics = evaluate(trainer.model, tokenizer, validation, args.context_length)
             sequences = trainer.args.per_device_train_batch_size * trainer.args.gradient_accumulation_steps
+            steps = trainer.state.global_step
             results[name] = {
-                **run_result,
+                "steps": steps,
+                "train_seconds": clock.elapsed,
                 "sequences_per_step": sequences,
-                "tokens_trained": run_result["steps"] * sequences * args.context_length,
+                "tokens_trained": steps * sequences * args.context_length,
                 "eval_loss": metrics["eval_loss"],
                 "eval_bits_per_byte": metrics["eval_bits_per_byte"],
                 "eval_tokens": metrics["eval_tokens"],

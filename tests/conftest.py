@@ -13,14 +13,13 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("WANDB_DISABLED", "true")
 
-STDLIB = Path(sysconfig.get_paths()["stdlib"])
-CORPUS_FILES = sorted(p for p in (STDLIB / "json").glob("*.py")) + sorted(p for p in (STDLIB / "email").glob("*.py"))
-
 
 @pytest.fixture(scope="session")
 def texts() -> list[str]:
-    """Real Python source: the stdlib's json and email packages (about 30 files)."""
-    return [p.read_text(encoding="utf-8", errors="replace") for p in CORPUS_FILES]
+    """Real Python source: the stdlib's json package, then its email package (about 30 files)."""
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    files = [p for package in ("json", "email") for p in sorted((stdlib / package).glob("*.py"))]
+    return [p.read_text(encoding="utf-8", errors="replace") for p in files]
 
 
 @pytest.fixture(scope="session")
@@ -43,14 +42,10 @@ def tokenizer(texts):
 @pytest.fixture
 def make_model(tokenizer):
     """Build a fresh tiny GPT-2 (2 layers, 64 dims) with a fixed seed."""
-    import torch
-
-    from clmkit.models import build_model, gpt2_config
+    from clmkit.testing import tiny_model
 
     def make(seed: int = 0, context_length: int = 64, **overrides):
-        torch.manual_seed(seed)
-        config = gpt2_config("test", len(tokenizer), context_length, tokenizer.eos_token_id, overrides)
-        return build_model(config)
+        return tiny_model(tokenizer, context_length=context_length, seed=seed, **overrides)
 
     return make
 
@@ -58,24 +53,10 @@ def make_model(tokenizer):
 @pytest.fixture
 def make_args(tmp_path):
     """ClmTrainingArguments for a quick, quiet CPU run in ``tmp_path``; any field can be overridden."""
-    from clmkit import ClmTrainingArguments
+    from clmkit.testing import tiny_args
 
     def make(**overrides):
-        defaults = {
-            "output_dir": str(tmp_path / "out"),
-            "context_length": 64,
-            "per_device_train_batch_size": 8,
-            "per_device_eval_batch_size": 8,
-            "learning_rate": 3e-3,
-            "report_to": "none",
-            "save_strategy": "no",
-            "eval_strategy": "no",
-            "logging_strategy": "no",
-            "use_cpu": True,
-            "disable_tqdm": True,
-            "seed": 0,
-        }
-        return ClmTrainingArguments(**{**defaults, **overrides})
+        return tiny_args(overrides.pop("output_dir", tmp_path / "out"), **overrides)
 
     return make
 
