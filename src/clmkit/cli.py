@@ -134,6 +134,14 @@ class RunOptions:
         default_factory=lambda: list(DEFAULT_PROMPTS), metadata={"help": "Prompts of the sample completions."}
     )
     max_new_tokens: int = field(default=48, metadata={"help": "New tokens per sample completion."})
+    loop: str = field(
+        default="trainer",
+        metadata={
+            "help": "Training path: 'trainer' (ClmTrainer) or 'accelerate' (clmkit.loop.ClmLoop, the manual "
+            "Accelerate loop over the same plugins and arguments).",
+            "choices": ["trainer", "accelerate"],
+        },
+    )
 
 
 @dataclass
@@ -149,6 +157,14 @@ class PrepareOptions:
     chunker_kwargs: str | None = field(default=None, metadata=_help("chunker_kwargs"))
     preprocessing_num_workers: int | None = field(default=None, metadata=_help("preprocessing_num_workers"))
     overwrite: bool = field(default=False, metadata={"help": "Replace the output folder if it exists."})
+    compare: str | None = field(
+        default=None,
+        metadata={
+            "help": "Comma-separated chunker names, e.g. overflow,concat,packed: print one table of documents, "
+            "tokens, examples, tokens kept and dropped, padding and fill rate per chunker for the train split, "
+            "and save nothing."
+        },
+    )
 
 
 class Parser(HfArgumentParser):
@@ -507,6 +523,7 @@ def build_trainer(
     from transformers import set_seed
 
     from clmkit.generation import default_generation_config
+    from clmkit.loop import ClmLoop
     from clmkit.models import build_model, gpt2_config
     from clmkit.trainer import ClmTrainer
 
@@ -515,7 +532,10 @@ def build_trainer(
     model = build_model(config)
     model.generation_config = default_generation_config(tokenizer.eos_token_id, run.max_new_tokens)
     logger.info("model: GPT-2 %s, %s parameters", run.model_preset, f"{model.num_parameters():,}")
-    return ClmTrainer(
+    if run.loop == "accelerate" and args.push_to_hub:
+        args.hub_strategy = "end"  # the loop pushes once, after the final save
+    trainer_cls = ClmLoop if run.loop == "accelerate" else ClmTrainer
+    return trainer_cls(
         model=model,
         args=args,
         processing_class=tokenizer,
@@ -585,6 +605,13 @@ def cmd_prepare(argv: Sequence[str]) -> int:
     if data.tokenizer is not None:
         raise ConfigError(f"--dataset {source.dataset!r} is already prepared. Pass the raw corpus instead.")
     tokenizer = get_tokenizer(tok_options, data, args.text_column)
+    if options.compare:
+        from clmkit.preparation import compare_chunkers, compare_table
+
+        names = [n.strip() for n in options.compare.split(",") if n.strip()]
+        rows = compare_chunkers(data.splits["train"], tokenizer, names, args.context_length, args.text_column)
+        print(compare_table(rows))
+        return 0
 
     from datasets import DatasetDict
 
@@ -706,6 +733,33 @@ def cmd_generate(argv: Sequence[str]) -> int:
     return 0
 
 
+@dataclass
+class NewPluginOptions:
+    """Where to write a new plugin package."""
+
+    name: str = field(metadata={"help": "Plugin name, e.g. focal-loss: package clmkit-focal-loss, loss focal_loss."})
+    dest: str = field(default=".", metadata={"help": "Folder to write the package folder into."})
+
+
+def cmd_new_plugin(argv: Sequence[str]) -> int:
+    """Write a loss-plugin package from clmkit's template; its tests pass as generated."""
+    parser = Parser(
+        [NewPluginOptions],
+        prog="clmkit new-plugin",
+        usage="%(prog)s NAME [--dest DIR]",
+        description="Write the package clmkit-NAME (pyproject.toml with a 'clmkit' entry point, a loss plugin, "
+        "README and tests) into --dest. Install it with `pip install -e clmkit-NAME`.",
+    )
+    argv = list(argv)
+    if argv and not argv[0].startswith("-"):  # `clmkit new-plugin NAME` is `--name NAME`
+        argv = ["--name", *argv]
+    (options,) = _parse(parser, argv)
+    from clmkit.templates import new_plugin
+
+    print(new_plugin(options.name, options.dest))
+    return 0
+
+
 def cmd_plugins(argv: Sequence[str]) -> int:
     """Print every loaded plugin as JSON: distribution, version, hooks, registered names."""
     parser = Parser(
@@ -726,6 +780,7 @@ COMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
     "eval": (cmd_eval, "perplexity and bits per byte of a saved model"),
     "generate": (cmd_generate, "complete a prompt with a saved model"),
     "plugins": (cmd_plugins, "list the loaded plugins as JSON"),
+    "new-plugin": (cmd_new_plugin, "write a new plugin package from the template"),
 }
 
 
