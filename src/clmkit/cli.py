@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import itertools
 import json
 import logging
 import os
@@ -19,7 +20,7 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,8 @@ TRAIN_DEFAULTS: dict[str, Any] = {
 }
 NOT_SAVED = ("config", "overwrite", "resume_from_checkpoint")  # options of one invocation, not of the run
 PREPARED_STATS = "prepare_stats.json"
+MIXTURE_KEY = "mixture"  # the config-file key of a dataset mixture (docs/data.md)
+STREAM_TOKENIZER_DOCUMENTS = 10_000  # documents of a streamed train split that a new tokenizer is trained on
 ARGS_FILE = "training_args.yaml"
 
 
@@ -86,6 +89,16 @@ class SourceOptions:
         default=2.0,
         metadata={"help": "Percent of documents (chosen by a hash of their path or text) held out for validation."},
     )
+    streaming: bool = field(
+        default=False,
+        metadata={
+            "help": "Read the train split of a local --dataset (directory or data files) lazily, in bounded memory; "
+            "needs --max_steps. The validation split is read once and kept in memory."
+        },
+    )
+    # a list of sources (dicts of clmkit.mixtures.Source fields and 'dataset'), from the `mixture:` key
+    # of a --config file only; not a flag
+    mixture: list[dict[str, Any]] | None = field(default=None, init=False)
 
     def extension_list(self) -> list[str]:
         return [e.strip() for e in self.extensions.split(",") if e.strip()]
@@ -155,6 +168,7 @@ class PrepareOptions:
     text_column: str = field(default="content", metadata=_help("text_column"))
     chunker: str = field(default="concat", metadata=_help("chunker"))
     chunker_kwargs: str | None = field(default=None, metadata=_help("chunker_kwargs"))
+    filters: str | None = field(default=None, metadata=_help("filters"))
     preprocessing_num_workers: int | None = field(default=None, metadata=_help("preprocessing_num_workers"))
     overwrite: bool = field(default=False, metadata={"help": "Replace the output folder if it exists."})
     compare: str | None = field(
@@ -257,15 +271,19 @@ def parse_train_args(
     pre.add_argument("--config")
     config_path = pre.parse_known_args(list(argv))[0].config
     known = [f.name for dt in parser.dataclass_types for f in fields(dt) if f.init]
-    config = read_config(config_path, known) if config_path else {}
+    config = read_config(config_path, [*known, MIXTURE_KEY]) if config_path else {}
+    mixture = config.pop(MIXTURE_KEY, None)
     parser.set_defaults(**config)
     source, tok, run, args = _parse(parser, argv)
+    source.mixture = mixture
     explicit = _explicit_keys(argv, config)
-    if "num_train_epochs" in explicit and "max_steps" not in explicit:
-        args.max_steps = -1  # train by epochs when asked to, not by clmkit's step budget
+    if ("num_train_epochs" in explicit or source.streaming) and "max_steps" not in explicit:
+        args.max_steps = -1  # epochs when asked for; a stream's steps are the user's call, not clmkit's budget
     values: dict[str, Any] = {"output_dir": args.output_dir}
     for options in (source, tok, run):
-        values.update({f.name: getattr(options, f.name) for f in fields(options) if f.name not in NOT_SAVED})
+        values.update({f.name: getattr(options, f.name) for f in fields(options) if f.init and f.name not in NOT_SAVED})
+    if mixture is not None:
+        values[MIXTURE_KEY] = mixture
     baseline = ClmTrainingArguments(output_dir=args.output_dir).to_dict()  # output_dir is already in
     values.update(
         {
@@ -290,13 +308,21 @@ class TrainingData:
 
 
 def load_data(source: SourceOptions, text_column: str) -> TrainingData:
-    """A prepared folder as saved, or a raw corpus (the standard library when ``dataset`` is None)."""
-    from clmkit.data.corpus import is_prepared, load_corpus
+    """A prepared folder as saved, a config's ``mixture:``, or a raw corpus (the standard library when
+    ``dataset`` is None), its train split streamed with ``--streaming``."""
+    from clmkit.data.corpus import is_prepared
 
+    if source.mixture is not None:
+        return load_mixture(source, text_column)
     if is_prepared(source.dataset):
         from datasets import load_from_disk
         from transformers import AutoTokenizer
 
+        if source.streaming:
+            raise ConfigError(
+                f"--dataset {source.dataset!r} is a prepared folder, read from disk as needed already. "
+                "Drop --streaming."
+            )
         folder = Path(source.dataset).expanduser()
         splits = load_from_disk(str(folder))
         if not {"train", "validation"} <= set(splits):
@@ -307,10 +333,129 @@ def load_data(source: SourceOptions, text_column: str) -> TrainingData:
         stats_file = folder / PREPARED_STATS
         info = json.loads(stats_file.read_text()) if stats_file.is_file() else {"source": str(folder)}
         return TrainingData(splits, info, AutoTokenizer.from_pretrained(str(folder)))
-    corpus = load_corpus(source.dataset, text_column, source.valid_split_percentage, source.extension_list())
+    return load_raw(source.dataset, source, text_column)
+
+
+def load_raw(dataset: str | None, source: SourceOptions, text_column: str) -> TrainingData:
+    """One raw corpus: loaded whole (``load_corpus``), or with ``--streaming`` its train split as a stream."""
+    if source.streaming:
+        return stream_corpus(dataset, source, text_column)
+    from clmkit.data.corpus import load_corpus
+
+    corpus = load_corpus(dataset, text_column, source.valid_split_percentage, source.extension_list())
     if corpus.non_utf8_files:
         logger.info("%d files are not valid UTF-8; decoded with replacement characters", corpus.non_utf8_files)
     return TrainingData(corpus.splits, corpus.describe())
+
+
+def stream_corpus(dataset: str | None, source: SourceOptions, text_column: str) -> TrainingData:
+    """A local corpus whose train split is an ``IterableDataset`` and whose validation split is in memory.
+
+    The split is ``load_corpus``'s: files (of a directory, or .txt files) by a hash of their path,
+    read by ``stream_files``; rows of data files by a hash of their text, read by
+    ``load_dataset(..., streaming=True)``, which takes one pass up front to collect the validation rows.
+    """
+    import glob
+
+    from datasets import Dataset, load_dataset
+
+    from clmkit.data.corpus import DATA_FILE_BUILDERS, in_validation, list_source_files, split_mask, stdlib_root
+    from clmkit.streaming import stream_files
+
+    label, percentage = dataset or "stdlib", source.valid_split_percentage
+    path = Path(dataset).expanduser() if dataset else stdlib_root()
+    root = path if path.is_dir() else None
+    if root is not None:
+        files = list_source_files(root, source.extension_list() if dataset else [".py"])
+    elif dataset and any(ch in dataset for ch in "*?["):
+        files = sorted(Path(p) for p in glob.glob(str(path), recursive=True))
+    elif path.is_file():
+        files = [path]
+    else:
+        raise ConfigError(
+            f"--streaming reads local files, and --dataset {label!r} is not a directory, data file or glob "
+            "that exists. Pass one, or drop --streaming."
+        )
+    builders = {DATA_FILE_BUILDERS.get(p.suffix) for p in files}
+    if root is not None or builders == {None}:  # one document per file, split by path
+        valid = split_mask([(p.relative_to(root) if root else p).as_posix() for p in files], percentage)
+        train_files = [p for p, v in zip(files, valid, strict=True) if not v]
+        validation = Dataset.from_list(list(stream_files([p for p, v in zip(files, valid, strict=True) if v])))
+        info = {
+            "source": label,
+            "streaming": True,
+            "documents": {"train": len(train_files), "validation": len(validation)},
+        }
+        return TrainingData({"train": stream_files(train_files, text_column), "validation": validation}, info)
+    if len(builders) != 1 or None in builders:
+        raise DataError(
+            f"--dataset {label!r} names files of types {sorted({p.suffix for p in files})}; a stream reads one type "
+            f"among {', '.join(DATA_FILE_BUILDERS)} or whole text files. Pass files of one supported type."
+        )
+    stream = load_dataset(builders.pop(), data_files=[str(p) for p in files], split="train", streaming=True)
+    first = next(iter(stream), None)
+    if first is None or text_column not in first:
+        raise DataError(
+            f"{label!r} has no column {text_column!r} (its columns are {list(first or [])}). "
+            "Pass --text_column with the column that holds the text."
+        )
+
+    def held_out(row: dict[str, Any]) -> bool:
+        text = row[text_column]
+        return in_validation(text if isinstance(text, str) else "", percentage)
+
+    validation = Dataset.from_list([row for row in stream if held_out(row)])
+    if len(validation) == 0:
+        raise DataError(
+            f"no row of {label!r} falls in the validation split ({percentage}% by a hash of the text). "
+            "Raise --valid_split_percentage or pass more data."
+        )
+    info = {"source": label, "streaming": True, "documents": {"validation": len(validation)}}
+    return TrainingData({"train": stream.filter(lambda row: not held_out(row)), "validation": validation}, info)
+
+
+def load_mixture(source: SourceOptions, text_column: str) -> TrainingData:
+    """A config's ``mixture:`` as a ``Mixture`` to train on, each source loaded like ``--dataset``.
+
+    The validation split is the union of the sources' validation splits (in the run's text column),
+    so every source is evaluated; it is cut with the run's chunker and filters, which keeps eval loss
+    comparable between runs that mix the same data differently.
+    """
+    from datasets import concatenate_datasets
+
+    from clmkit.mixtures import Mixture, sources_from_config
+    from clmkit.plugins import Plugins
+
+    if source.dataset is not None:
+        raise ConfigError("the config's mixture names the datasets to train on; drop --dataset, or the mixture.")
+    entries = source.mixture
+    # sources_from_config calls load once per entry, in order: the n-th call loads the n-th entry
+    listed = entries if isinstance(entries, list) else []  # anything else: sources_from_config says what it takes
+    columns = [e.get("text_column") if isinstance(e, dict) else None for e in listed]
+    loaded: list[TrainingData] = []
+
+    def load(dataset: str) -> Any:
+        loaded.append(load_raw(str(dataset), source, columns[len(loaded)] or text_column))
+        return loaded[-1].splits["train"]
+
+    mixture = Mixture(sources_from_config(entries, load))  # type: ignore[arg-type]
+    plugins = Plugins()
+    validation = []
+    for src, part in zip(mixture.sources, loaded, strict=True):
+        if src.chunker:
+            plugins.get("chunkers", src.chunker)  # fail on a misspelled name before training a tokenizer
+        column = src.text_column or text_column
+        split = part.splits["validation"].select_columns([column])
+        validation.append(split if column == text_column else split.rename_column(column, text_column))
+    info = {
+        "source": "mixture of " + ", ".join(mixture.names),
+        "mixture": [
+            {"name": name, "probability": round(p, 4), **part.info}
+            for name, p, part in zip(mixture.names, mixture.probabilities, loaded, strict=True)
+        ],
+        "documents": {"validation": sum(len(v) for v in validation)},
+    }
+    return TrainingData({"train": mixture, "validation": concatenate_datasets(validation)}, info)
 
 
 def get_tokenizer(options: TokenizerOptions, data: TrainingData, text_column: str) -> Any:
@@ -327,9 +472,22 @@ def get_tokenizer(options: TokenizerOptions, data: TrainingData, text_column: st
     from clmkit.data.tokenizer import train_tokenizer
 
     logger.info("training a byte-level BPE tokenizer (vocab_size=%d) on the train split", options.vocab_size)
-    train = data.splits["train"]
+    return train_tokenizer(training_texts(data.splits["train"], text_column), vocab_size=options.vocab_size)
+
+
+def training_texts(train: Any, text_column: str) -> Iterator[str]:
+    """The texts a new tokenizer learns: the train split's, the first ``STREAM_TOKENIZER_DOCUMENTS`` of a
+    stream (a stream may be endless), or each mixture source's in turn."""
+    from datasets import IterableDataset
+
+    from clmkit.mixtures import Mixture
+
+    if isinstance(train, Mixture):
+        return itertools.chain.from_iterable(
+            training_texts(s.dataset, s.text_column or text_column) for s in train.sources
+        )
     texts = (text for batch in train.iter(batch_size=1000) for text in batch[text_column] if isinstance(text, str))
-    return train_tokenizer(texts, vocab_size=options.vocab_size)
+    return itertools.islice(texts, STREAM_TOKENIZER_DOCUMENTS) if isinstance(train, IterableDataset) else texts
 
 
 def load_tokenizer(name_or_path: str) -> Any:
@@ -426,6 +584,9 @@ def cmd_train(argv: Sequence[str]) -> int:
     check_plugin_names(args)
 
     data = load_data(source, args.text_column)
+    from clmkit.streaming import check_streaming_steps
+
+    check_streaming_steps(data.splits["train"], args.max_steps)  # before the tokenizer (a mixture's: when prepared)
     tokenizer = load_tokenizer(checkpoint) if checkpoint else get_tokenizer(tok_options, data, args.text_column)
     trainer = build_trainer(run, overrides, args, data, tokenizer)
     full_eval = trainer.eval_dataset
@@ -598,9 +759,12 @@ def cmd_prepare(argv: Sequence[str]) -> int:
         text_column=options.text_column,
         chunker=options.chunker,
         chunker_kwargs=options.chunker_kwargs,
+        filters=options.filters,
         preprocessing_num_workers=options.preprocessing_num_workers,
         report_to="none",
     )
+    if source.streaming:
+        raise ConfigError("clmkit prepare saves whole splits, so it does not stream. Drop --streaming.")
     data = load_data(source, args.text_column)
     if data.tokenizer is not None:
         raise ConfigError(f"--dataset {source.dataset!r} is already prepared. Pass the raw corpus instead.")
@@ -615,27 +779,36 @@ def cmd_prepare(argv: Sequence[str]) -> int:
 
     from datasets import DatasetDict
 
-    from clmkit.chunking import chunk_dataset, chunk_stats, tokenize_documents
     from clmkit.plugins import Plugins
+    from clmkit.preparation import prepare_datasets
+    from clmkit.trainer import build_components
 
-    chunker = Plugins().build("chunkers", args.chunker, tokenizer, args.context_length, **args.plugin_kwargs("chunker"))
-    prepared, stats = {}, {}
-    for split, dataset in data.splits.items():
-        tokenized = tokenize_documents(dataset, tokenizer, args.text_column, args.preprocessing_num_workers)
-        prepared[split] = chunk_dataset(tokenized, chunker, args.preprocessing_num_workers)
-        stats[split] = chunk_stats(tokenized, prepared[split], chunker).as_dict()
-        if stats[split]["examples"] == 0:
-            raise DataError(
-                f"the {split} split yields no example of {args.context_length} tokens with chunker {args.chunker!r}. "
-                "Use chunker concat, a smaller --context_length, or more text."
-            )
+    plugins = Plugins()
+    _, collator, chunker = build_components(plugins, args, tokenizer)  # the collator checks `packed` can train
+    stats: dict[str, Any] = {}
+    reports: dict[str, Any] = {}
+    train, validation = prepare_datasets(
+        data.splits["train"],
+        data.splits["validation"],
+        tokenizer,
+        args,
+        chunker,
+        stats,
+        plugins=plugins,
+        collator=collator,
+        filter_reports=reports,
+    )
+    split_name = {"train": "train", "eval": "validation"}  # prepare_datasets' split names -> the saved ones
+    prepared = {"train": train, "validation": validation}
     info = {
         **data.info,
         "context_length": args.context_length,
         "chunker": args.chunker,
         "chunker_kwargs": args.plugin_kwargs("chunker"),
+        "filters": args.filters,
         "vocab_size": len(tokenizer),
-        "splits": stats,
+        "splits": {split_name[k]: s.as_dict() for k, s in stats.items()},
+        "filter_reports": {split_name[k]: [r.as_dict() for r in rs] for k, rs in reports.items()},
     }
     from clmkit import report
 

@@ -102,6 +102,11 @@ def source_files_corpus(
     Hidden folders, ``site-packages``, ``__pycache__`` and ``node_modules`` are skipped. Files that are
     not valid UTF-8 are decoded with replacement characters and counted in ``non_utf8_files``.
     """
+    return _files_as_corpus(root, list_source_files(root, extensions), text_column, valid_percentage, label)
+
+
+def list_source_files(root: Path, extensions: Sequence[str]) -> list[Path]:
+    """The files under ``root`` that ``source_files_corpus`` reads, sorted (also the files a stream reads)."""
     suffixes = tuple(e if e.startswith(".") else f".{e}" for e in extensions)
     files = sorted(
         p
@@ -115,7 +120,7 @@ def source_files_corpus(
             f"directory {str(root)!r} holds no file ending in {', '.join(suffixes)} (searched recursively, "
             "skipping hidden folders and site-packages). Pass --extensions (e.g. .py,.pyi) or other data."
         )
-    return _files_as_corpus(root, files, text_column, valid_percentage, label)
+    return files
 
 
 def _files_as_corpus(
@@ -218,10 +223,15 @@ def _unit_hash(key: str) -> float:
     return int.from_bytes(hashlib.blake2b(key.encode("utf-8", "replace"), digest_size=8).digest(), "big") / 2**64
 
 
+def in_validation(key: str, valid_percentage: float) -> bool:
+    """Whether one document (by its path or text) is held out: ``split_mask``'s rule for a stream of unknown size."""
+    return _unit_hash(key) < valid_percentage / 100
+
+
 def split_mask(keys: Sequence[str], valid_percentage: float) -> list[bool]:
     """True for the keys in validation: hash below the percentage; one key in each split when there are two."""
     hashes = [_unit_hash(k) for k in keys]
-    mask = [h < valid_percentage / 100 and len(keys) >= 2 for h in hashes]
+    mask = [h < valid_percentage / 100 and len(keys) >= 2 for h in hashes]  # in_validation, hashed once
     if len(keys) >= 2 and not any(mask):
         mask[hashes.index(min(hashes))] = True
     if len(keys) >= 2 and all(mask):
