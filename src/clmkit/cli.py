@@ -39,7 +39,7 @@ DEFAULT_PROMPTS = ["def fibonacci(n):", "import os\n"]
 # what `clmkit train` changes from TrainingArguments' defaults: a run sized for ~3 minutes on 2 CPU cores
 TRAIN_DEFAULTS: dict[str, Any] = {
     "output_dir": DEFAULT_OUTPUT_DIR,
-    "max_steps": 270,
+    "max_steps": 450,
     "per_device_train_batch_size": 16,
     "per_device_eval_batch_size": 64,
     "learning_rate": 2e-3,
