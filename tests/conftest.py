@@ -78,3 +78,13 @@ def one_torch_thread():
     import torch
 
     torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def corpus_dir(tmp_path_factory):
+    """A directory of seven real stdlib source files (json's modules and textwrap.py), for CLI runs."""
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    root = tmp_path_factory.mktemp("corpus")
+    for path in sorted((stdlib / "json").glob("*.py")) + [stdlib / "textwrap.py"]:
+        (root / path.name).write_bytes(path.read_bytes())
+    return root

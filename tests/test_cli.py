@@ -14,16 +14,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from cli_flags import TINY as TINY_FLAGS
 
 from clmkit.cli import TRAIN_DEFAULTS, main, parse_train_args
-from clmkit.data.corpus import stdlib_root
 
-# a 1-layer, 64-dim GPT-2 on six stdlib files: a few seconds per run
-TINY = [
-    "--model-preset", "test", "--config_overrides", "n_layer=1", "--vocab_size", "512", "--context-length", "64",
-    "--max_steps", "20", "--per_device_train_batch_size", "8", "--logging_steps", "5", "--valid_split_percentage",
-    "20", "--max_new_tokens", "8", "--disable_tqdm", "true",
-]  # fmt: skip
+TINY = [*TINY_FLAGS, "--max_steps", "20"]
 LAYOUT = [
     "model.safetensors",
     "config.json",
@@ -35,14 +30,6 @@ LAYOUT = [
     "loss_curve.png",
     "README.md",
 ]
-
-
-@pytest.fixture(scope="module")
-def corpus_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("corpus")
-    for path in sorted((stdlib_root() / "json").glob("*.py")) + [stdlib_root() / "textwrap.py"]:
-        (root / path.name).write_bytes(path.read_bytes())
-    return root
 
 
 @pytest.fixture(scope="module")

@@ -6,23 +6,9 @@ import json
 import tomllib
 
 import pytest
+from cli_flags import TINY
 
 from clmkit.cli import main
-from clmkit.data.corpus import stdlib_root
-
-TINY = [
-    "--model-preset", "test", "--config_overrides", "n_layer=1", "--vocab_size", "512", "--context-length", "64",
-    "--per_device_train_batch_size", "8", "--logging_steps", "5", "--valid_split_percentage", "20",
-    "--max_new_tokens", "8", "--disable_tqdm", "true",
-]  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def corpus_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("corpus")
-    for path in sorted((stdlib_root() / "json").glob("*.py")) + [stdlib_root() / "textwrap.py"]:
-        (root / path.name).write_bytes(path.read_bytes())
-    return root
 
 
 def test_train_with_the_accelerate_loop_leaves_the_same_layout(corpus_dir, tmp_path):
