@@ -6,7 +6,7 @@ process: peak RSS (``getrusage``) is per process, so each figure covers exactly 
 
 - ``transformers``: ``model(input_ids, labels=labels).loss.backward()``
 - ``clmkit``: what ``ClmTrainer.compute_loss`` runs: the forward with the hidden states captured
-  (``clmkit.heads.forward_for_loss``), the built-in ``cross_entropy`` loss through the chunked
+  (``clmkit.training.forward.forward_for_loss``), the built-in ``cross_entropy`` loss through the chunked
   primitive, divided by the number of target tokens, then backward.
 
 - ``recompute`` (with ``--recompute``): the design clmkit did not keep, for comparison: the same
@@ -31,7 +31,7 @@ def recomputing_cross_entropy(hidden: Any, weight: Any, targets: Any, chunk_size
     """Summed token cross-entropy whose backward recomputes each chunk's logits (no bias, all targets valid)."""
     import torch
 
-    from clmkit.cross_entropy import _chunks, _softmax_, default_chunk_size
+    from clmkit.training.cross_entropy import _chunks, _softmax_, default_chunk_size
 
     size = chunk_size or default_chunk_size(weight.shape[0])
 
@@ -65,8 +65,8 @@ def one_configuration(config: dict[str, Any]) -> dict[str, Any]:
     from transformers import GPT2Config, GPT2LMHeadModel
 
     from clmkit.builtins.losses import CrossEntropy
-    from clmkit.heads import forward_for_loss
-    from clmkit.losses import loss_from_inputs
+    from clmkit.training.forward import forward_for_loss
+    from clmkit.training.losses import loss_from_inputs
 
     torch.manual_seed(0)
     model = GPT2LMHeadModel(

@@ -4,7 +4,7 @@ Builds a corpus of jsonl shards (about 62 MB of text each) from this interpreter
 library, repeated in a different order each time until it holds ``--gigabytes`` of text, in a
 temporary folder deleted at the end. Each (chunker, corpus size) runs in its own process: the
 first ``size`` worth of shards is loaded with ``load_dataset("json", streaming=True)`` and
-prepared exactly as ``ClmTrainer`` prepares a stream (``clmkit.preparation.prepare_datasets``),
+prepared exactly as ``ClmTrainer`` prepares a stream (``clmkit.data.preparation.prepare_datasets``),
 then every example is read. Peak RSS (``getrusage``) covers the whole process.
 
 Tokens are UTF-8 bytes (vocabulary 256 + EOS): a byte-level tokenizer running at memory speed,
@@ -78,8 +78,8 @@ def stream_once(config: dict[str, Any]) -> dict[str, Any]:
 
     from clmkit.args import ClmTrainingArguments
     from clmkit.builtins.collators import CausalCollator
+    from clmkit.data.preparation import prepare_datasets
     from clmkit.plugins import Plugins
-    from clmkit.preparation import prepare_datasets
 
     disable_progress_bars()
     tokenizer = ByteTokenizer()

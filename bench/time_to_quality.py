@@ -5,7 +5,7 @@ train split of this Python's standard library) for the same training wall-clock 
 models are then scored by clmkit's exact evaluation on the same validation text: bits per byte
 over the whole validation split (concat chunks of the context length, every target token counted).
 
-- course: the seed's ``tokenize()`` (overflowing chunks of 128, short tails dropped),
+- course: the course recipe's ``tokenize()`` (overflowing chunks of 128, short tails dropped),
   ``DataCollatorForLanguageModeling(mlm=False)``, ``Trainer`` with AdamW lr 5e-4, cosine decay,
   warmup 1.5% of the steps (the course's 1,000 of ~65,000), weight decay 0.1, batch 32. The
   course's 8 accumulation steps are left out: 256 sequences per step would give ~10 optimizer
@@ -37,7 +37,8 @@ import torch
 from transformers import DataCollatorForLanguageModeling, Trainer, TrainerCallback, TrainingArguments
 
 from clmkit import ClmTrainer, ClmTrainingArguments
-from clmkit.cli import build_trainer, load_data, parse_overrides, parse_train_args
+from clmkit.cli.options import parse_overrides, parse_train_args
+from clmkit.cli.train import build_trainer
 from clmkit.data.tokenizer import train_tokenizer
 from clmkit.models import build_model, gpt2_config
 
@@ -80,7 +81,7 @@ class WallClockSchedule(TrainerCallback):
 
 
 def course_examples(tokenizer: Any, raw: Any, context_length: int) -> Any:
-    """The seed's ``tokenize()``: overflowing chunks of ``context_length``, shorter chunks dropped."""
+    """The course recipe's ``tokenize()``: overflowing chunks of ``context_length``, shorter chunks dropped."""
 
     def tokenize(element: dict[str, list[str]]) -> dict[str, list[list[int]]]:
         outputs = tokenizer(
@@ -161,7 +162,7 @@ def main() -> None:
 
     flags = shlex.split(options.clmkit_args)
     source, tok_options, run, args, _ = parse_train_args([*flags, *QUIET])
-    data = load_data(source, args.text_column)
+    data = source.load(args.text_column)
     started = time.perf_counter()
     texts = (t for batch in data.splits["train"].iter(batch_size=1000) for t in batch[args.text_column])
     tokenizer = train_tokenizer(texts, vocab_size=tok_options.vocab_size)

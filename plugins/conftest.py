@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
-from clmkit.testing import install_plugin_package
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # the repository's test plumbing
+
+from support import install_plugin_package  # noqa: E402
 
 
 def pytest_configure(config) -> None:

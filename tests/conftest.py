@@ -1,4 +1,10 @@
-"""Shared fixtures: a small real corpus, a tokenizer trained on it, and tiny GPT-2 models."""
+"""What only this repository's tests share; the tiny corpus, tokenizer, models and arguments come from the kit.
+
+The kit is ``clmkit.testing``, a pytest plugin loaded wherever clmkit is installed: ``clmkit_corpus``,
+``clmkit_tokenizer`` (a fresh copy per test), ``clmkit_model``, ``clmkit_args``, ``clmkit_plugins``,
+``clmkit_install_plugin`` and builders such as ``padded_examples``. The suite uses them, so the kit
+that plugin authors get is tested by being used. Repository plumbing lives in ``tests/support``.
+"""
 
 from __future__ import annotations
 
@@ -15,66 +21,23 @@ os.environ.setdefault("WANDB_DISABLED", "true")
 
 
 @pytest.fixture(scope="session")
-def texts() -> list[str]:
-    """Real Python source: the stdlib's json package, then its email package (about 30 files)."""
-    stdlib = Path(sysconfig.get_paths()["stdlib"])
-    files = [p for package in ("json", "email") for p in sorted((stdlib / package).glob("*.py"))]
-    return [p.read_text(encoding="utf-8", errors="replace") for p in files]
-
-
-@pytest.fixture(scope="session")
-def raw_datasets(texts):
+def raw_datasets(clmkit_corpus):
+    """``clmkit_corpus`` as the course's DatasetDict: its first two documents are ``valid``, the rest ``train``."""
     from datasets import Dataset, DatasetDict
 
     return DatasetDict(
-        train=Dataset.from_dict({"content": texts[2:]}),
-        valid=Dataset.from_dict({"content": texts[:2]}),
+        train=Dataset.from_dict({"content": clmkit_corpus[2:]}),
+        valid=Dataset.from_dict({"content": clmkit_corpus[:2]}),
     )
-
-
-@pytest.fixture(scope="session")
-def tokenizer(texts):
-    from clmkit.data.tokenizer import train_tokenizer
-
-    return train_tokenizer(texts, vocab_size=512)
-
-
-@pytest.fixture
-def make_model(tokenizer):
-    """Build a fresh tiny GPT-2 (2 layers, 64 dims) with a fixed seed."""
-    from clmkit.testing import tiny_model
-
-    def make(seed: int = 0, context_length: int = 64, **overrides):
-        return tiny_model(tokenizer, context_length=context_length, seed=seed, **overrides)
-
-    return make
-
-
-@pytest.fixture
-def make_args(tmp_path):
-    """ClmTrainingArguments for a quick, quiet CPU run in ``tmp_path``; any field can be overridden."""
-    from clmkit.testing import tiny_args
-
-    def make(**overrides):
-        return tiny_args(overrides.pop("output_dir", tmp_path / "out"), **overrides)
-
-    return make
-
-
-@pytest.fixture(scope="session")
-def varied_examples(tokenizer, texts):
-    """32 already tokenized examples of uneven lengths (3 to 64 tokens), consecutive pieces of the corpus."""
-    from datasets import Dataset
-
-    stream = [t for text in texts for t in [*tokenizer(text)["input_ids"], tokenizer.eos_token_id]]
-    lengths = [3 + (i * 37) % 62 for i in range(32)]
-    starts = [sum(lengths[:i]) for i in range(32)]
-    return Dataset.from_dict({"input_ids": [stream[s : s + n] for s, n in zip(starts, lengths, strict=True)]})
 
 
 @pytest.fixture(autouse=True, scope="session")
 def one_torch_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy CPU OpenMP spinning makes them ~20x slower."""
+    """Tiny models gain nothing from intra-op threads, and on a busy CPU OpenMP spinning makes them ~20x slower.
+
+    A test that compares numbers with a process it starts gives that process ``support.pinned_env()``,
+    so both sides run with this thread count.
+    """
     import torch
 
     torch.set_num_threads(1)

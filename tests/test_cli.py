@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shlex
 import shutil
 import signal
@@ -15,8 +14,10 @@ from pathlib import Path
 import pytest
 import yaml
 from cli_flags import TINY as TINY_FLAGS
+from support import pinned_env
 
-from clmkit.cli import TRAIN_DEFAULTS, main, parse_train_args
+from clmkit.cli import main
+from clmkit.cli.options import TRAIN_DEFAULTS, parse_train_args
 
 TINY = [*TINY_FLAGS, "--max_steps", "20"]
 LAYOUT = [
@@ -41,8 +42,8 @@ def run(corpus_dir, tmp_path_factory):
 
 
 def console(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    """Run the command line in a new process, as the ``clmkit`` console script does."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    """Run the command line in a new process, as the ``clmkit`` console script does, with this process's threads."""
+    env = pinned_env(HF_HUB_OFFLINE="1")
     return subprocess.run([sys.executable, "-m", "clmkit.cli", *args], capture_output=True, text=True, cwd=cwd, env=env)
 
 
@@ -113,7 +114,8 @@ def test_config_file_reproduces_the_run(run, tmp_path):
         saved["max_steps"] == 20 and saved["config_overrides"] == "n_layer=1" and saved["prompts"][1] == "import os\n"
     )
     again = tmp_path / "again"
-    # a fresh process, as a user would run it (a second run inside one process starts from other RNG states)
+    # a fresh process, as a user would run it (a second run inside one process starts from other RNG states),
+    # with this process's thread count: sums split over other threads round differently
     result = console(["train", "--config", str(run / "training_args.yaml"), "--output_dir", str(again)], tmp_path)
     assert result.returncode == 0, result.stderr
     first, second = (json.loads((d / "metrics.json").read_text()) for d in (run, again))
@@ -293,7 +295,7 @@ def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(corpus_dir, tmp_path):
         stderr=subprocess.PIPE,
         text=True,
         cwd=tmp_path,
-        env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"},
+        env=pinned_env(HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1"),
     )
     for line in proc.stdout:  # training logs one line per step: training has started
         if "'loss'" in line:

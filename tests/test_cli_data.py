@@ -9,8 +9,10 @@ import pytest
 import yaml
 from cli_flags import TINY
 
-from clmkit.cli import SourceOptions, load_data, main, parse_train_args
+from clmkit.cli import main
+from clmkit.cli.options import parse_train_args
 from clmkit.data.corpus import load_corpus
+from clmkit.data.sources import load_data
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +32,7 @@ def one_line_error(capsys) -> str:
 
 def test_streamed_data_files_split_like_the_loaded_ones(rows_file):
     loaded = load_corpus(str(rows_file), "text", valid_percentage=20).splits
-    streamed = load_data(SourceOptions(dataset=str(rows_file), valid_split_percentage=20, streaming=True), "text")
+    streamed = load_data(str(rows_file), text_column="text", valid_percentage=20, streaming=True)
     assert sorted(streamed.splits["validation"]["text"]) == sorted(loaded["validation"]["text"])
     assert sorted(row["text"] for row in streamed.splits["train"]) == sorted(loaded["train"]["text"])
 

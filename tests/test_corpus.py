@@ -42,8 +42,8 @@ def test_stdlib_corpus_is_split_by_path_about_two_percent():
             path.read_bytes().decode("utf-8")
         except UnicodeDecodeError:
             non_utf8 += 1
-    assert corpus.non_utf8_files == non_utf8
-    assert corpus.describe()["documents"] == {"train": len(train), "validation": len(valid)}
+    assert corpus.info["non_utf8_files"] == non_utf8
+    assert corpus.info["documents"] == {"train": len(train), "validation": len(valid)}
     assert all(not p.startswith("site-packages/") for p in list(train["path"]))
 
 
@@ -88,26 +88,26 @@ def test_non_utf8_file_is_decoded_with_replacement_and_counted(tmp_path):
     (tmp_path / "latin1.py").write_bytes("name = 'café'\n".encode("latin-1") * 20)
     corpus = load_corpus(str(tmp_path), valid_percentage=50)
     texts = list(corpus.splits["train"]["content"]) + list(corpus.splits["validation"]["content"])
-    assert corpus.non_utf8_files == 1
+    assert corpus.info["non_utf8_files"] == 1
     assert any("caf\ufffd" in t for t in texts)
 
 
 @pytest.mark.parametrize("suffix", [".jsonl", ".json", ".csv", ".parquet"])
-def test_data_files_with_glob(tmp_path, texts, suffix):
+def test_data_files_with_glob(tmp_path, clmkit_corpus, suffix):
     writers = {".jsonl": "to_json", ".json": "to_json", ".csv": "to_csv", ".parquet": "to_parquet"}
-    rows = [{"text": t, "id": i} for i, t in enumerate(texts[:10])]
+    rows = [{"text": t, "id": i} for i, t in enumerate(clmkit_corpus[:10])]
     for part in range(2):
         getattr(Dataset.from_list(rows[part * 5 : part * 5 + 5]), writers[suffix])(
             str(tmp_path / f"part{part}{suffix}")
         )
     corpus = load_corpus(str(tmp_path / f"part*{suffix}"), text_column="text", valid_percentage=20)
     got = list(corpus.splits["train"]["text"]) + list(corpus.splits["validation"]["text"])
-    assert sorted(got) == sorted(t for t in texts[:10])
+    assert sorted(got) == sorted(t for t in clmkit_corpus[:10])
     assert len(corpus.splits["validation"]) >= 1
 
 
-def test_txt_files_are_one_document_each(tmp_path, texts):
-    for i, text in enumerate(texts[:3]):
+def test_txt_files_are_one_document_each(tmp_path, clmkit_corpus):
+    for i, text in enumerate(clmkit_corpus[:3]):
         (tmp_path / f"doc{i}.txt").write_text(text)
     corpus = load_corpus(str(tmp_path / "*.txt"), valid_percentage=30)
     assert len(corpus.splits["train"]) + len(corpus.splits["validation"]) == 3

@@ -12,8 +12,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import LlamaConfig, LlamaForCausalLM, TrainerCallback
 
 from clmkit import ClmTrainer, Loss, Plugins, hookimpl, linear_cross_entropy
-from clmkit.cross_entropy import default_chunk_size, token_statistics
-from clmkit.heads import forward_for_loss
+from clmkit.testing import padded_examples
+from clmkit.training.cross_entropy import default_chunk_size, token_statistics
+from clmkit.training.forward import forward_for_loss
 
 N, H, V = 53, 16, 97  # 53 tokens in chunks of 7: eight chunks, the last one short
 
@@ -106,9 +107,10 @@ def first_batch(tokenizer, dataset, size: int = 8) -> dict[str, torch.Tensor]:
     return Plugins(autoload=False).build("collators", "causal", tokenizer)([dataset[i] for i in range(size)])
 
 
-def test_no_vocabulary_sized_tensor_beyond_one_chunk(make_model, tokenizer, varied_examples):
-    model = make_model()
-    batch = first_batch(tokenizer, varied_examples)
+def test_no_vocabulary_sized_tensor_beyond_one_chunk(clmkit_model, clmkit_tokenizer):
+    examples = padded_examples(clmkit_tokenizer)
+    model = clmkit_model()
+    batch = first_batch(clmkit_tokenizer, examples)
     vocab, tokens = model.config.vocab_size, batch["input_ids"].numel()
     with Allocations() as ops:
         inputs, _ = forward_for_loss(model, batch, hidden_states=True, chunk_size=7)
@@ -120,10 +122,14 @@ def test_no_vocabulary_sized_tensor_beyond_one_chunk(make_model, tokenizer, vari
     assert max(s.numel() for s in ops.shapes) < tokens * vocab
 
 
-def test_hidden_states_keep_the_autocast_dtype_for_a_loss_computed_after_the_forward(make_model, tokenizer, texts):
+def test_hidden_states_keep_the_autocast_dtype_for_a_loss_computed_after_the_forward(
+    clmkit_model, clmkit_tokenizer, clmkit_corpus
+):
     """accelerate autocasts inside the model's forward only; the head's matmuls must still run in bf16."""
-    model = make_model()
-    batch = first_batch(tokenizer, Dataset.from_dict({"input_ids": [tokenizer(texts[0])["input_ids"][:20]]}), 1)
+    model = clmkit_model()
+    batch = first_batch(
+        clmkit_tokenizer, Dataset.from_dict({"input_ids": [clmkit_tokenizer(clmkit_corpus[0])["input_ids"][:20]]}), 1
+    )
     with torch.autocast("cpu", dtype=torch.bfloat16):
         inputs, _ = forward_for_loss(model, batch, hidden_states=True)
         assert model.transformer.ln_f(torch.zeros(1, 64)).dtype == torch.float32  # what the head receives
@@ -145,10 +151,10 @@ class StepRecorder(TrainerCallback):
         self.grads.append({n: p.grad.detach().clone() for n, p in model.named_parameters()})
 
 
-def train_steps(model, tokenizer, make_args, dataset, plugins=(), **overrides):
+def train_steps(model, tokenizer, clmkit_args, dataset, plugins=(), **overrides):
     """Train ``model`` on ``dataset`` in order without clipping; the gradients and logged losses of each step."""
     settings = {"max_grad_norm": 0.0, "train_sampling_strategy": "sequential", "logging_steps": 1}
-    args = make_args(**{**settings, "logging_strategy": "steps", **overrides})
+    args = clmkit_args(**{**settings, "logging_strategy": "steps", **overrides})
     recorder = StepRecorder()
     trainer = ClmTrainer(
         model, args, train_dataset=dataset, processing_class=tokenizer, callbacks=[recorder], plugins=plugins
@@ -179,14 +185,15 @@ LOSSES = {
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 @pytest.mark.parametrize("loss", list(LOSSES))
-def test_trainer_chunked_equals_logits_path(make_model, tokenizer, make_args, varied_examples, loss, precision):
+def test_trainer_chunked_equals_logits_path(clmkit_model, clmkit_tokenizer, clmkit_args, loss, precision):
     """One padded step of 8 examples: same logged loss and gradients with and without chunking."""
+    examples = padded_examples(clmkit_tokenizer)
     runs = [
         train_steps(
-            make_model(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0),
-            tokenizer,
-            make_args,
-            varied_examples,
+            clmkit_model(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0),
+            clmkit_tokenizer,
+            clmkit_args,
+            examples,
             max_steps=1,
             chunked_loss=chunked,
             loss_chunk_size=7,
@@ -198,14 +205,15 @@ def test_trainer_chunked_equals_logits_path(make_model, tokenizer, make_args, va
     assert_same_steps(*runs, rtol=1e-5 if precision == "fp32" else 2e-2)
 
 
-def test_gradient_accumulation_stays_exact_with_chunking(make_model, tokenizer, make_args, varied_examples):
+def test_gradient_accumulation_stays_exact_with_chunking(clmkit_model, clmkit_tokenizer, clmkit_args):
     """Two SGD steps, padded examples in a fixed order: 32 x 1 and 8 x 4 reach the optimizer equal."""
-    dataset = concatenate_datasets([varied_examples, varied_examples.select(range(31, -1, -1))])
+    examples = padded_examples(clmkit_tokenizer)
+    dataset = concatenate_datasets([examples, examples.select(range(31, -1, -1))])
     runs = [
         train_steps(
-            make_model(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0),
-            tokenizer,
-            make_args,
+            clmkit_model(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0),
+            clmkit_tokenizer,
+            clmkit_args,
             dataset,
             max_steps=2,
             optim="sgd",
@@ -220,11 +228,13 @@ def test_gradient_accumulation_stays_exact_with_chunking(make_model, tokenizer, 
     assert_same_steps(*runs, rtol=1e-5)
 
 
-def test_llama_style_model_with_untied_head(tokenizer, make_args, varied_examples):
+def test_llama_style_model_with_untied_head(clmkit_tokenizer, clmkit_args):
+    examples = padded_examples(clmkit_tokenizer)
+
     def llama():
         torch.manual_seed(0)
         config = LlamaConfig(
-            vocab_size=len(tokenizer),
+            vocab_size=len(clmkit_tokenizer),
             hidden_size=64,
             intermediate_size=128,
             num_hidden_layers=2,
@@ -232,16 +242,16 @@ def test_llama_style_model_with_untied_head(tokenizer, make_args, varied_example
             num_key_value_heads=2,
             max_position_embeddings=64,
             tie_word_embeddings=False,
-            bos_token_id=tokenizer.eos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.eos_token_id,
+            bos_token_id=clmkit_tokenizer.eos_token_id,
+            eos_token_id=clmkit_tokenizer.eos_token_id,
+            pad_token_id=clmkit_tokenizer.eos_token_id,
         )
         return LlamaForCausalLM(config)
 
     model = llama()
     assert model.lm_head.weight is not model.model.embed_tokens.weight
     runs = [
-        train_steps(llama(), tokenizer, make_args, varied_examples, max_steps=1, chunked_loss=c, loss_chunk_size=7)
+        train_steps(llama(), clmkit_tokenizer, clmkit_args, examples, max_steps=1, chunked_loss=c, loss_chunk_size=7)
         for c in (True, False)
     ]
     assert runs[0][0][0]["lm_head.weight"].abs().sum() > 0
@@ -298,17 +308,18 @@ class ThirdPartyLosses:
         register("second_half", lambda tokenizer=None: self.second_half)
 
 
-def test_third_party_losses_consume_logits_or_hidden_states(make_model, tokenizer, make_args, varied_examples):
+def test_third_party_losses_consume_logits_or_hidden_states(clmkit_model, clmkit_tokenizer, clmkit_args):
+    examples = padded_examples(clmkit_tokenizer)
     plugin = ThirdPartyLosses()
-    model = make_model(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
-    batch = first_batch(tokenizer, varied_examples)
+    model = clmkit_model(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    batch = first_batch(clmkit_tokenizer, examples)
 
     def run(loss):
         return train_steps(
-            make_model(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0),
-            tokenizer,
-            make_args,
-            varied_examples,
+            clmkit_model(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0),
+            clmkit_tokenizer,
+            clmkit_args,
+            examples,
             plugins=[plugin],
             loss=loss,
             max_steps=1,

@@ -11,7 +11,6 @@ accumulation must all-reduce once per optimizer step, not once per micro-batch.
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -25,6 +24,9 @@ sys.path.insert(0, str(SCRIPTS))
 
 from common import write_inputs  # noqa: E402
 from first_step import losses, run  # noqa: E402
+from support import pinned_env  # noqa: E402
+
+from clmkit.testing import tiny_tokenizer  # noqa: E402
 
 PATHS = ("trainer", "loop")
 
@@ -37,7 +39,7 @@ def free_port() -> int:
 
 def launch(command: list[str], timeout: float = 240) -> None:
     """Run a launcher command; on failure show the end of its output."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    env = pinned_env(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
     done = subprocess.run(command, cwd=SCRIPTS, env=env, capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, f"{' '.join(command)} failed:\n{(done.stdout + done.stderr)[-5000:]}"
 
@@ -54,9 +56,9 @@ LAUNCHERS = {
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory, tokenizer, texts) -> Path:
+def workdir(tmp_path_factory, clmkit_corpus) -> Path:
     path = tmp_path_factory.mktemp("inputs")
-    write_inputs(path, tokenizer, texts)
+    write_inputs(path, tiny_tokenizer(), clmkit_corpus)
     return path
 
 
@@ -69,12 +71,12 @@ def single(workdir, tmp_path_factory) -> Path:
 
 
 @pytest.mark.parametrize("launcher", LAUNCHERS)
-def test_two_processes_match_one(launcher, workdir, single, tmp_path, tokenizer):
+def test_two_processes_match_one(launcher, workdir, single, tmp_path, clmkit_tokenizer):
     launch([*LAUNCHERS[launcher](), "first_step.py", str(workdir), str(tmp_path)])
     for path in PATHS:
         report, reference = (json.loads((d / f"{path}.json").read_text()) for d in (tmp_path, single))
         assert (report["world_size"], reference["world_size"]) == (2, 1)
-        for name in losses(tokenizer):
+        for name in losses(clmkit_tokenizer):
             two, one = (torch.load(d / f"{path}-{name}.pt") for d in (tmp_path, single))
             assert two.keys() == one.keys()
             worst = max(((two[k] - one[k]).norm() / one[k].norm()).item() for k in one)

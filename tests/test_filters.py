@@ -6,8 +6,9 @@ import pytest
 from datasets import Dataset
 
 from clmkit import ClmTrainer, ClmTrainingArguments, Plugins, hookimpl
+from clmkit.args import parse_filter_specs
+from clmkit.data.filters import DocumentFilter, build_filters, filter_documents
 from clmkit.errors import ConfigError, DataError, UnknownNameError
-from clmkit.filters import DocumentFilter, build_filters, filter_documents, parse_filter_specs
 
 
 def run_filters(texts: list[str], specs, plugins=()) -> tuple[list[str], list]:
@@ -29,16 +30,16 @@ def test_exact_dedup_compares_whitespace_normalized_text_and_keeps_the_first():
     assert report.as_dict() == {"filter": "exact_dedup", "documents_in": 5, "removed": 3, "reasons": {"duplicate": 3}}
 
 
-def test_keywords_is_the_courses_filter_with_words_as_arguments(texts):
+def test_keywords_is_the_courses_filter_with_words_as_arguments(clmkit_corpus):
     docs = ["import pandas as pd", "from sklearn import svm", "import seaborn", "import os", "x = 1"]
     kept, (report,) = run_filters(docs, ["keywords"])
     assert kept == docs[:3] and report.removed == 2
     assert report.reasons == {"none of pandas, sklearn, matplotlib, seaborn": 2}
     # the course: any keyword as a substring of the file
     words = ["base64", "JSONDecodeError"]
-    expected = [t for t in texts if any(w in t for w in words)]
-    kept, _ = run_filters(texts, [{"keywords": {"words": words}}])
-    assert kept == expected and 0 < len(expected) < len(texts)
+    expected = [t for t in clmkit_corpus if any(w in t for w in words)]
+    kept, _ = run_filters(clmkit_corpus, [{"keywords": {"words": words}}])
+    assert kept == expected and 0 < len(expected) < len(clmkit_corpus)
 
 
 def test_code_quality_applies_codeparrots_heuristics_with_thresholds_as_arguments():
@@ -127,17 +128,19 @@ def test_filters_argument_round_trips_and_rejects_bad_items(tmp_path):
         ClmTrainingArguments(output_dir=str(tmp_path), filters=[["exact_dedup", {}]])
 
 
-def test_a_run_filters_before_chunking_and_reports(tokenizer, make_model, make_args, texts):
-    corpus = Dataset.from_dict({"content": [*texts, texts[0], texts[1]]})  # two exact duplicates
+def test_a_run_filters_before_chunking_and_reports(clmkit_tokenizer, clmkit_model, clmkit_args, clmkit_corpus):
+    corpus = Dataset.from_dict(
+        {"content": [*clmkit_corpus, clmkit_corpus[0], clmkit_corpus[1]]}
+    )  # two exact duplicates
     trainer = ClmTrainer(
-        make_model(),
-        make_args(filters=["exact_dedup", {"keywords": {"words": ["import re"]}}], chunker="packed"),
-        processing_class=tokenizer,
+        clmkit_model(),
+        clmkit_args(filters=["exact_dedup", {"keywords": {"words": ["import re"]}}], chunker="packed"),
+        processing_class=clmkit_tokenizer,
         train_dataset=corpus,
     )
     dedup, keywords = trainer.filter_reports["train"]
-    kept = [t for t in texts if "import re" in t]
-    assert dedup.removed == 2 and keywords.removed == len(texts) - len(kept)
+    kept = [t for t in clmkit_corpus if "import re" in t]
+    assert dedup.removed == 2 and keywords.removed == len(clmkit_corpus) - len(kept)
     assert trainer.data_stats["train"].documents == len(kept)
-    expected_tokens = sum(len(ids) + 1 for ids in tokenizer(kept)["input_ids"])
+    expected_tokens = sum(len(ids) + 1 for ids in clmkit_tokenizer(kept)["input_ids"])
     assert trainer.data_stats["train"].tokens_kept == expected_tokens  # packed keeps every token of what is left

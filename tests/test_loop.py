@@ -13,18 +13,18 @@ from transformers import AutoModelForCausalLM, TrainerCallback
 
 from clmkit import ClmTrainer, ConfigError, NonFiniteLossError, hookimpl
 from clmkit.builtins.losses import CrossEntropy
-from clmkit.loop import ClmLoop
+from clmkit.training.loop import ClmLoop
 
 NO_DROPOUT = {"resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0}
 
 
-def train_both(make_args, make_model, tokenizer, raw_datasets, tmp_path: Path, **overrides):
+def train_both(clmkit_args, clmkit_model, tokenizer, raw_datasets, tmp_path: Path, **overrides):
     """The same 20-step run through ClmTrainer and through ClmLoop."""
     runs = []
     for cls in (ClmTrainer, ClmLoop):
-        args = make_args(output_dir=str(tmp_path / cls.__name__), max_steps=20, warmup_steps=3, **overrides)
+        args = clmkit_args(output_dir=str(tmp_path / cls.__name__), max_steps=20, warmup_steps=3, **overrides)
         run = cls(
-            model=make_model(**NO_DROPOUT),
+            model=clmkit_model(**NO_DROPOUT),
             args=args,
             processing_class=tokenizer,
             train_dataset=raw_datasets["train"],
@@ -36,11 +36,13 @@ def train_both(make_args, make_model, tokenizer, raw_datasets, tmp_path: Path, *
 
 
 @pytest.mark.parametrize("accumulation", [1, 2])
-def test_same_loss_curve_as_the_trainer(accumulation, make_args, make_model, tokenizer, raw_datasets, tmp_path):
+def test_same_loss_curve_as_the_trainer(
+    accumulation, clmkit_args, clmkit_model, clmkit_tokenizer, raw_datasets, tmp_path
+):
     trainer, loop = train_both(
-        make_args,
-        make_model,
-        tokenizer,
+        clmkit_args,
+        clmkit_model,
+        clmkit_tokenizer,
         raw_datasets,
         tmp_path,
         per_device_train_batch_size=8 // accumulation,
@@ -66,12 +68,14 @@ def test_same_loss_curve_as_the_trainer(accumulation, make_args, make_model, tok
         assert ours["eval_perplexity"] == pytest.approx(math.exp(ours["eval_loss"]))
 
 
-def test_output_folder_has_the_trainer_layout(make_args, make_model, tokenizer, raw_datasets, tmp_path):
-    args = make_args(output_dir=str(tmp_path / "loop"), max_steps=4, save_strategy="steps", save_steps=2)
-    loop = ClmLoop(model=make_model(), args=args, processing_class=tokenizer, train_dataset=raw_datasets["valid"])
+def test_output_folder_has_the_trainer_layout(clmkit_args, clmkit_model, clmkit_tokenizer, raw_datasets, tmp_path):
+    args = clmkit_args(output_dir=str(tmp_path / "loop"), max_steps=4, save_strategy="steps", save_steps=2)
+    loop = ClmLoop(
+        model=clmkit_model(), args=args, processing_class=clmkit_tokenizer, train_dataset=raw_datasets["valid"]
+    )
     loop.train()
     trainer = ClmTrainer(
-        model=make_model(), args=make_args(output_dir=str(tmp_path / "trainer")), processing_class=tokenizer
+        model=clmkit_model(), args=clmkit_args(output_dir=str(tmp_path / "trainer")), processing_class=clmkit_tokenizer
     )
     trainer.save_model()
     files = {p.name for p in (tmp_path / "loop").iterdir() if p.is_file()}
@@ -82,11 +86,11 @@ def test_output_folder_has_the_trainer_layout(make_args, make_model, tokenizer, 
         assert torch.equal(value, loop.model.state_dict()[name]), name
 
 
-def test_logged_loss_is_per_target_token(make_args, make_model, tokenizer, raw_datasets, tmp_path):
+def test_logged_loss_is_per_target_token(clmkit_args, clmkit_model, clmkit_tokenizer, raw_datasets, tmp_path):
     """4 micro-batches of 2 log the model's own mean loss over the 8 examples (the course logged it 4 x too high)."""
-    model = make_model(**NO_DROPOUT)
-    expected_model = make_model(**NO_DROPOUT)
-    args = make_args(
+    model = clmkit_model(**NO_DROPOUT)
+    expected_model = clmkit_model(**NO_DROPOUT)
+    args = clmkit_args(
         per_device_train_batch_size=2,
         gradient_accumulation_steps=4,
         max_steps=1,
@@ -94,7 +98,7 @@ def test_logged_loss_is_per_target_token(make_args, make_model, tokenizer, raw_d
         logging_steps=1,
         train_sampling_strategy="sequential",
     )
-    loop = ClmLoop(model=model, args=args, processing_class=tokenizer, train_dataset=raw_datasets["train"])
+    loop = ClmLoop(model=model, args=args, processing_class=clmkit_tokenizer, train_dataset=raw_datasets["train"])
     loop.train()
     batch = loop.collator([loop.train_dataset[i] for i in range(8)])
     with torch.no_grad():
@@ -129,15 +133,15 @@ class ThirdParty:
         return [Seen()]
 
 
-def test_plugins_work_in_the_loop(make_args, make_model, tokenizer, raw_datasets):
+def test_plugins_work_in_the_loop(clmkit_args, clmkit_model, clmkit_tokenizer, raw_datasets):
     CountingLoss.calls, Seen.logs = 0, []
-    args = make_args(
+    args = clmkit_args(
         loss="counting", max_steps=3, gradient_accumulation_steps=2, logging_strategy="steps", logging_steps=1
     )
     loop = ClmLoop(
-        model=make_model(),
+        model=clmkit_model(),
         args=args,
-        processing_class=tokenizer,
+        processing_class=clmkit_tokenizer,
         train_dataset=raw_datasets["valid"],
         plugins=[ThirdParty()],
     )
@@ -154,14 +158,16 @@ def test_plugins_work_in_the_loop(make_args, make_model, tokenizer, raw_datasets
         ({"push_to_hub": True}, "hub_strategy"),
     ],
 )
-def test_trainer_only_options_are_named(overrides, named, make_args, make_model, tokenizer):
+def test_trainer_only_options_are_named(overrides, named, clmkit_args, clmkit_model, clmkit_tokenizer):
     with pytest.raises(ConfigError, match=f"does not implement these options: {named} ") as error:
-        ClmLoop(model=make_model(), args=make_args(**overrides), processing_class=tokenizer)
+        ClmLoop(model=clmkit_model(), args=clmkit_args(**overrides), processing_class=clmkit_tokenizer)
     if "train_sampling_strategy" in overrides:
         assert "train_sampling_strategy (use 'random' or 'sequential')" in str(error.value)
 
 
-def test_push_to_hub_uploads_the_model_folder(make_args, make_model, tokenizer, raw_datasets, tmp_path, monkeypatch):
+def test_push_to_hub_uploads_the_model_folder(
+    clmkit_args, clmkit_model, clmkit_tokenizer, raw_datasets, tmp_path, monkeypatch
+):
     uploads = []
 
     class Repo:
@@ -170,28 +176,33 @@ def test_push_to_hub_uploads_the_model_folder(make_args, make_model, tokenizer, 
     def upload_folder(repo_id, folder_path, ignore_patterns, **kwargs):
         uploads.append((repo_id, sorted(p.name for p in Path(folder_path).iterdir()), ignore_patterns))
 
-    monkeypatch.setattr("clmkit.loop.create_repo", lambda repo_id, **kwargs: Repo())
-    monkeypatch.setattr("clmkit.loop.upload_folder", upload_folder)
-    args = make_args(max_steps=2, push_to_hub=True, hub_strategy="end", hub_model_id="me/tiny-clm")
-    ClmLoop(model=make_model(), args=args, processing_class=tokenizer, train_dataset=raw_datasets["valid"]).train()
+    monkeypatch.setattr("clmkit.training.loop.create_repo", lambda repo_id, **kwargs: Repo())
+    monkeypatch.setattr("clmkit.training.loop.upload_folder", upload_folder)
+    args = clmkit_args(max_steps=2, push_to_hub=True, hub_strategy="end", hub_model_id="me/tiny-clm")
+    ClmLoop(
+        model=clmkit_model(), args=args, processing_class=clmkit_tokenizer, train_dataset=raw_datasets["valid"]
+    ).train()
     [(repo_id, files, ignored)] = uploads
     assert repo_id == "me/tiny-clm"
     assert {"model.safetensors", "config.json", "tokenizer.json"} <= set(files)
     assert "checkpoint-*" in ignored
 
 
-def test_non_finite_loss_stops_training(make_args, make_model, tokenizer, raw_datasets):
-    model = make_model()
+def test_non_finite_loss_stops_training(clmkit_args, clmkit_model, clmkit_tokenizer, raw_datasets):
+    model = clmkit_model()
     with torch.no_grad():
         model.transformer.wte.weight.fill_(float("nan"))
     loop = ClmLoop(
-        model=model, args=make_args(max_steps=2), processing_class=tokenizer, train_dataset=raw_datasets["valid"]
+        model=model,
+        args=clmkit_args(max_steps=2),
+        processing_class=clmkit_tokenizer,
+        train_dataset=raw_datasets["valid"],
     )
     with pytest.raises(NonFiniteLossError, match="at optimizer step 1"):
         loop.train()
 
 
-def test_the_guide_script_runs(tmp_path, tokenizer, monkeypatch):
+def test_the_guide_script_runs(tmp_path, clmkit_tokenizer, monkeypatch):
     """The script of docs/distributed.md, at a tiny size, on one process."""
     [code] = re.findall(
         r"```python\n(.*?)```", (Path(__file__).parent.parent / "docs" / "distributed.md").read_text(), re.S
@@ -200,7 +211,7 @@ def test_the_guide_script_runs(tmp_path, tokenizer, monkeypatch):
     corpus.mkdir()
     for name in ("__init__.py", "decoder.py", "encoder.py", "scanner.py"):
         (corpus / name).write_bytes((Path(sysconfig.get_paths()["stdlib"]) / "json" / name).read_bytes())
-    tokenizer.save_pretrained(tmp_path / "clmkit-out")
+    clmkit_tokenizer.save_pretrained(tmp_path / "clmkit-out")
     shrink = {
         "load_corpus()": f"load_corpus({str(corpus)!r}, valid_percentage=25)",
         '"tiny"': '"test"',

@@ -1,4 +1,4 @@
-"""Built-in losses: values against the model, the seed and a hand computation; exactness under accumulation."""
+"""Built-in losses: values against the model, the course recipe and a hand computation; exactness under accumulation."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from transformers import Trainer, TrainerCallback
 
 from clmkit import ClmTrainer, Plugins
 from clmkit.errors import ConfigError
+from clmkit.testing import padded_examples
 
 KEYWORDS = ["self", "def", "None", "return", "plt"]
 
@@ -41,36 +42,36 @@ def course_keytoken_ids(tokenizer, keywords):
 
 
 @pytest.fixture
-def model(make_model):
-    return make_model().eval()
+def model(clmkit_model):
+    return clmkit_model().eval()
 
 
 def code_batch(tokenizer, texts, lengths):
     """Consecutive rows of real code (email/contentmanager.py, dense in key tokens), collated by ``causal``."""
     collate = Plugins(autoload=False).build("collators", "causal", tokenizer)
-    ids = tokenizer(texts[12])["input_ids"]
+    ids = tokenizer(texts[7])["input_ids"]
     starts = [sum(lengths[:i]) for i in range(len(lengths))]
     return collate([{"input_ids": ids[s : s + n]} for s, n in zip(starts, lengths, strict=True)])
 
 
-@pytest.fixture(scope="module")
-def unpadded_batch(tokenizer, texts):
+@pytest.fixture
+def unpadded_batch(clmkit_tokenizer, clmkit_corpus):
     """4 x 48 tokens, a key token at position 0 of the first row."""
-    batch = code_batch(tokenizer, texts, [48] * 4)
-    batch["input_ids"][0, 0] = batch["labels"][0, 0] = course_keytoken_ids(tokenizer, ["self"])[0]
+    batch = code_batch(clmkit_tokenizer, clmkit_corpus, [48] * 4)
+    batch["input_ids"][0, 0] = batch["labels"][0, 0] = course_keytoken_ids(clmkit_tokenizer, ["self"])[0]
     return batch
 
 
-@pytest.fixture(scope="module")
-def padded_batch(tokenizer, texts):
-    batch = code_batch(tokenizer, texts, [48, 30, 41, 17, 45])
+@pytest.fixture
+def padded_batch(clmkit_tokenizer, clmkit_corpus):
+    batch = code_batch(clmkit_tokenizer, clmkit_corpus, [48, 30, 41, 17, 45])
     assert (batch["labels"] == -100).sum() == 5 * 48 - (48 + 30 + 41 + 17 + 45)
     return batch
 
 
-def loss_value(model, tokenizer, make_args, batch, loss="cross_entropy", chunked_loss=True, **loss_kwargs):
+def loss_value(model, tokenizer, clmkit_args, batch, loss="cross_entropy", chunked_loss=True, **loss_kwargs):
     """What ClmTrainer.compute_loss returns for one micro-batch, and the gradients it produces."""
-    args = make_args(loss=loss, loss_kwargs=loss_kwargs, chunked_loss=chunked_loss)
+    args = clmkit_args(loss=loss, loss_kwargs=loss_kwargs, chunked_loss=chunked_loss)
     trainer = ClmTrainer(model, args, processing_class=tokenizer)
     model.zero_grad()
     value = trainer.compute_loss(model, dict(batch))
@@ -93,9 +94,11 @@ chunked = pytest.mark.parametrize("chunked_loss", [True, False], ids=["chunked",
 
 @chunked
 @pytest.mark.parametrize("batch_name", ["unpadded_batch", "padded_batch"])
-def test_cross_entropy_equals_the_models_own_loss(model, tokenizer, make_args, request, batch_name, chunked_loss):
+def test_cross_entropy_equals_the_models_own_loss(
+    model, clmkit_tokenizer, clmkit_args, request, batch_name, chunked_loss
+):
     batch = request.getfixturevalue(batch_name)
-    ours, our_grads = loss_value(model, tokenizer, make_args, batch, chunked_loss=chunked_loss)
+    ours, our_grads = loss_value(model, clmkit_tokenizer, clmkit_args, batch, chunked_loss=chunked_loss)
     model.zero_grad()
     own = model(**batch).loss
     own.backward()
@@ -104,13 +107,13 @@ def test_cross_entropy_equals_the_models_own_loss(model, tokenizer, make_args, r
 
 
 @chunked
-def test_keytoken_course_reproduces_the_seeds_loss(model, tokenizer, make_args, unpadded_batch, chunked_loss):
-    ids = course_keytoken_ids(tokenizer, KEYWORDS)
+def test_keytoken_course_reproduces_the_seeds_loss(model, clmkit_tokenizer, clmkit_args, unpadded_batch, chunked_loss):
+    ids = course_keytoken_ids(clmkit_tokenizer, KEYWORDS)
     assert (unpadded_batch["input_ids"][:, 1:, None] == torch.tensor(ids)).any(-1).sum() >= 4
     ours, _ = loss_value(
         model,
-        tokenizer,
-        make_args,
+        clmkit_tokenizer,
+        clmkit_args,
         unpadded_batch,
         "keytoken",
         chunked_loss,
@@ -126,14 +129,16 @@ def test_keytoken_course_reproduces_the_seeds_loss(model, tokenizer, make_args, 
 
 @chunked
 def test_keytoken_weights_targets_only_ignores_masked_labels_and_normalizes_by_weights(
-    model, tokenizer, make_args, padded_batch, chunked_loss
+    model, clmkit_tokenizer, clmkit_args, padded_batch, chunked_loss
 ):
-    ids = torch.tensor(course_keytoken_ids(tokenizer, KEYWORDS))
+    ids = torch.tensor(course_keytoken_ids(clmkit_tokenizer, KEYWORDS))
     batch = {k: v.clone() for k, v in padded_batch.items()}
     batch["input_ids"][:, 0] = batch["labels"][:, 0] = ids[0]  # position 0 is never a target
     key_positions = torch.isin(batch["labels"], ids).nonzero()
     batch["labels"][tuple(key_positions[-1])] = -100  # a masked key token does not count either
-    ours, _ = loss_value(model, tokenizer, make_args, batch, "keytoken", chunked_loss, keywords=KEYWORDS, alpha=2.0)
+    ours, _ = loss_value(
+        model, clmkit_tokenizer, clmkit_args, batch, "keytoken", chunked_loss, keywords=KEYWORDS, alpha=2.0
+    )
 
     with torch.no_grad():
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
@@ -147,47 +152,53 @@ def test_keytoken_weights_targets_only_ignores_masked_labels_and_normalizes_by_w
 
 
 @chunked
-def test_keytoken_alpha_sets_emphasis_not_scale(model, tokenizer, make_args, unpadded_batch, chunked_loss):
-    absent = next(i for i in range(len(tokenizer)) if i not in set(unpadded_batch["input_ids"].flatten().tolist()))
+def test_keytoken_alpha_sets_emphasis_not_scale(model, clmkit_tokenizer, clmkit_args, unpadded_batch, chunked_loss):
+    absent = next(
+        i for i in range(len(clmkit_tokenizer)) if i not in set(unpadded_batch["input_ids"].flatten().tolist())
+    )
     batch = {k: v.clone() for k, v in unpadded_batch.items()}
     batch["input_ids"][:, 0] = batch["labels"][:, 0] = absent  # a key token only where it is never a target
 
     def keytoken(batch, alpha, **kwargs):
-        return float(loss_value(model, tokenizer, make_args, batch, "keytoken", chunked_loss, alpha=alpha, **kwargs)[0])
+        return float(
+            loss_value(model, clmkit_tokenizer, clmkit_args, batch, "keytoken", chunked_loss, alpha=alpha, **kwargs)[0]
+        )
 
     assert keytoken(batch, 1.0, keytoken_ids=[absent]) == pytest.approx(keytoken(batch, 5.0, keytoken_ids=[absent]))
     course = [keytoken(batch, a, keytoken_ids=[absent], normalize="course") for a in (1.0, 5.0)]
-    assert course[1] == pytest.approx(5 * course[0])  # the seed: alpha only rescales the loss
+    assert course[1] == pytest.approx(5 * course[0])  # the course recipe: alpha only rescales the loss
 
-    cross_entropy = float(loss_value(model, tokenizer, make_args, unpadded_batch, chunked_loss=chunked_loss)[0])
+    cross_entropy = float(
+        loss_value(model, clmkit_tokenizer, clmkit_args, unpadded_batch, chunked_loss=chunked_loss)[0]
+    )
     assert keytoken(unpadded_batch, 0.0, keywords=KEYWORDS) == pytest.approx(cross_entropy, rel=1e-6)
     assert keytoken(unpadded_batch, 3.0, keywords=KEYWORDS) != pytest.approx(cross_entropy, rel=1e-3)
 
 
-def test_keywords_that_are_not_one_token_are_reported(tokenizer, caplog):
+def test_keywords_that_are_not_one_token_are_reported(clmkit_tokenizer, caplog):
     with caplog.at_level(logging.WARNING, logger="clmkit.builtins.losses"):
-        loss = Plugins(autoload=False).build("losses", "keytoken", tokenizer=tokenizer, keywords=["self", "plt"])
+        loss = Plugins(autoload=False).build("losses", "keytoken", tokenizer=clmkit_tokenizer, keywords=["self", "plt"])
     assert "'plt'" in caplog.text and "' plt'" in caplog.text and "'self'" not in caplog.text
     assert loss.not_single_token == ["plt", " plt"]
-    assert sorted(loss.keytoken_ids.tolist()) == sorted(course_keytoken_ids(tokenizer, ["self"]))
+    assert sorted(loss.keytoken_ids.tolist()) == sorted(course_keytoken_ids(clmkit_tokenizer, ["self"]))
     with pytest.raises(ConfigError, match="no key token"):
-        Plugins(autoload=False).build("losses", "keytoken", tokenizer=tokenizer, keywords=["plt", "zzqx"])
+        Plugins(autoload=False).build("losses", "keytoken", tokenizer=clmkit_tokenizer, keywords=["plt", "zzqx"])
 
 
 @pytest.mark.parametrize(
     ("loss", "kwargs", "accepted"),
     [("keytoken", {"alpah": 2.0}, "keywords, keytoken_ids, alpha, normalize"), ("cross_entropy", {"alpha": 1}, "")],
 )
-def test_loss_kwargs_the_loss_does_not_take(tokenizer, make_args, loss, kwargs, accepted):
+def test_loss_kwargs_the_loss_does_not_take(clmkit_tokenizer, clmkit_args, loss, kwargs, accepted):
     with pytest.raises(ConfigError) as info:
-        ClmTrainer(args=make_args(loss=loss, loss_kwargs=kwargs), processing_class=tokenizer)
+        ClmTrainer(args=clmkit_args(loss=loss, loss_kwargs=kwargs), processing_class=clmkit_tokenizer)
     assert f"loss {loss!r}" in str(info.value) and repr(next(iter(kwargs))) in str(info.value)
     assert f"{accepted}. Fix" in str(info.value)
 
 
-def test_keytoken_normalize_must_be_known(tokenizer):
+def test_keytoken_normalize_must_be_known(clmkit_tokenizer):
     with pytest.raises(ConfigError, match="'weights' or 'course'"):
-        Plugins(autoload=False).build("losses", "keytoken", tokenizer=tokenizer, normalize="mean")
+        Plugins(autoload=False).build("losses", "keytoken", tokenizer=clmkit_tokenizer, normalize="mean")
 
 
 # ---- exactness under gradient accumulation ---------------------------------------------------------
@@ -215,10 +226,10 @@ class RecordingCollator:
 
 
 def one_step_gradients(
-    trainer_cls, make_model, tokenizer, make_args, dataset, batch_size, accumulation, **arg_overrides
+    trainer_cls, clmkit_model, tokenizer, clmkit_args, dataset, batch_size, accumulation, **arg_overrides
 ):
     """Gradients of one optimizer step over the 32 examples, in dataset order, without dropout or clipping."""
-    args = make_args(
+    args = clmkit_args(
         per_device_train_batch_size=batch_size,
         gradient_accumulation_steps=accumulation,
         max_steps=1,
@@ -228,7 +239,7 @@ def one_step_gradients(
     )
     capture = GradientCapture()
     collator = RecordingCollator(Plugins(autoload=False).build("collators", "causal", tokenizer))
-    model = make_model(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    model = clmkit_model(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
     trainer = trainer_cls(
         model, args, data_collator=collator, train_dataset=dataset, processing_class=tokenizer, callbacks=[capture]
     )
@@ -249,18 +260,22 @@ LOSSES = {
 @chunked
 @pytest.mark.parametrize("loss", list(LOSSES))
 def test_accumulation_reaches_the_optimizer_with_the_big_batch_gradients(
-    make_model, tokenizer, make_args, varied_examples, loss, chunked_loss
+    clmkit_model, clmkit_tokenizer, clmkit_args, loss, chunked_loss
 ):
+    examples = padded_examples(clmkit_tokenizer)
     settings = {"loss": loss.removesuffix("_course"), "loss_kwargs": LOSSES[loss], "chunked_loss": chunked_loss}
-    big = one_step_gradients(ClmTrainer, make_model, tokenizer, make_args, varied_examples, 32, 1, **settings)
-    accumulated = one_step_gradients(ClmTrainer, make_model, tokenizer, make_args, varied_examples, 8, 4, **settings)
+    big = one_step_gradients(ClmTrainer, clmkit_model, clmkit_tokenizer, clmkit_args, examples, 32, 1, **settings)
+    accumulated = one_step_gradients(
+        ClmTrainer, clmkit_model, clmkit_tokenizer, clmkit_args, examples, 8, 4, **settings
+    )
     assert_same_gradients(accumulated, big)
 
 
-def test_naive_mean_per_micro_batch_is_not_exact(make_model, tokenizer, make_args, varied_examples):
+def test_naive_mean_per_micro_batch_is_not_exact(clmkit_model, clmkit_tokenizer, clmkit_args):
     """The comparison above can fail: a plain Trainer averaging each padded micro-batch differs."""
-    big = one_step_gradients(Trainer, make_model, tokenizer, make_args, varied_examples, 32, 1)
-    accumulated = one_step_gradients(Trainer, make_model, tokenizer, make_args, varied_examples, 8, 4)
-    ours = one_step_gradients(ClmTrainer, make_model, tokenizer, make_args, varied_examples, 32, 1)
+    examples = padded_examples(clmkit_tokenizer)
+    big = one_step_gradients(Trainer, clmkit_model, clmkit_tokenizer, clmkit_args, examples, 32, 1)
+    accumulated = one_step_gradients(Trainer, clmkit_model, clmkit_tokenizer, clmkit_args, examples, 8, 4)
+    ours = one_step_gradients(ClmTrainer, clmkit_model, clmkit_tokenizer, clmkit_args, examples, 32, 1)
     assert_same_gradients(big, ours)  # with one micro-batch, naive and exact agree
     assert gradient_difference(accumulated, big) > 1e-2

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
 import sys
 import tempfile
@@ -15,9 +14,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 from datasets import Dataset
+from support import pinned_env
 
 from clmkit import ClmTrainer
-from clmkit.metrics import FEATURES, ClmMetrics
+from clmkit.training.metrics import FEATURES, ClmMetrics
 
 ROWS = torch.tensor([[12.5, 5, 19, 2], [3.25, 2, 2, 1], [0.0, 0, 0, 0], [7.0, 4, 9, 4], [1.5, 1, 4, 0]])
 
@@ -57,12 +57,12 @@ def test_metric_keeps_its_rows_in_memory_under_a_temporary_directory():
     assert not any(Path(metric.data_dir).iterdir())
 
 
-@pytest.fixture(scope="module")
-def eval_examples(tokenizer, texts):
+@pytest.fixture
+def eval_examples(clmkit_tokenizer, clmkit_corpus):
     """5 examples of uneven length, two ending with a real EOS, one with multi-byte UTF-8 characters."""
-    eos = tokenizer.eos_token_id
-    ids = [tokenizer(t)["input_ids"] for t in texts]
-    accents = tokenizer("x = 'déjà vu – naïve café 😀'\n")["input_ids"]
+    eos = clmkit_tokenizer.eos_token_id
+    ids = [clmkit_tokenizer(t)["input_ids"] for t in clmkit_corpus]
+    accents = clmkit_tokenizer("x = 'déjà vu – naïve café 😀'\n")["input_ids"]
     rows = [ids[0][:20], ids[3][5:38] + [eos], accents + [eos], ids[12][:64], ids[1][100:112]]
     return Dataset.from_dict({"input_ids": rows})
 
@@ -89,12 +89,14 @@ def by_hand(model, tokenizer, examples) -> dict[str, float]:
 
 
 @pytest.mark.parametrize("chunked_loss", [True, False], ids=["chunked", "logits"])
-def test_evaluation_matches_a_hand_computation(make_model, tokenizer, make_args, eval_examples, chunked_loss):
-    model = make_model(seed=3).eval()
-    args = make_args(per_device_eval_batch_size=2, chunked_loss=chunked_loss, loss_chunk_size=7)
-    trainer = ClmTrainer(model, args, eval_dataset=eval_examples, processing_class=tokenizer)
+def test_evaluation_matches_a_hand_computation(
+    clmkit_model, clmkit_tokenizer, clmkit_args, eval_examples, chunked_loss
+):
+    model = clmkit_model(seed=3).eval()
+    args = clmkit_args(per_device_eval_batch_size=2, chunked_loss=chunked_loss, loss_chunk_size=7)
+    trainer = ClmTrainer(model, args, eval_dataset=eval_examples, processing_class=clmkit_tokenizer)
     got = trainer.evaluate()
-    expected = by_hand(model, tokenizer, eval_examples)
+    expected = by_hand(model, clmkit_tokenizer, eval_examples)
     assert {k: got[k] for k in expected} == pytest.approx(expected, rel=1e-6)
     assert 0 < got["eval_accuracy"] < 1
     output = trainer.evaluation_loop(trainer.get_eval_dataloader(), "check")  # batches of 2, 2 and 1
@@ -126,19 +128,19 @@ DISTRIBUTED = textwrap.dedent(
 )
 
 
-def test_evaluation_over_two_processes_counts_each_sample_once(make_model, tokenizer, eval_examples, tmp_path):
+def test_evaluation_over_two_processes_counts_each_sample_once(clmkit_model, clmkit_tokenizer, eval_examples, tmp_path):
     """5 samples on 2 processes in batches of 2: the last batch is uneven and padded with repeats, dropped again."""
-    model = make_model(seed=3).eval()
+    model = clmkit_model(seed=3).eval()
     model.save_pretrained(tmp_path / "model")
-    tokenizer.save_pretrained(tmp_path / "model")
+    clmkit_tokenizer.save_pretrained(tmp_path / "model")
     eval_examples.save_to_disk(str(tmp_path / "data"))
     (tmp_path / "eval_two_processes.py").write_text(DISTRIBUTED)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = pinned_env()
     launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     script = [str(tmp_path / "eval_two_processes.py"), str(tmp_path)]
     run = subprocess.run([*launch, *script], env=env, capture_output=True, text=True, timeout=180)
     assert run.returncode == 0, run.stderr[-3000:]
     got = json.loads((tmp_path / "metrics.json").read_text())
     assert got["world_size"] == 2
-    expected = by_hand(model, tokenizer, eval_examples)
+    expected = by_hand(model, clmkit_tokenizer, eval_examples)
     assert {k: got[k] for k in expected} == pytest.approx(expected, rel=1e-6)

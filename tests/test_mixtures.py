@@ -7,15 +7,16 @@ from datasets import Dataset, IterableDataset
 from transformers import DataCollatorForLanguageModeling
 
 from clmkit import ClmTrainer
+from clmkit.data.mixtures import Mixture, Source, sources_from_config
 from clmkit.errors import ConfigError
-from clmkit.mixtures import Mixture, Source, sources_from_config
 
 
 @pytest.fixture
-def short_and_long(texts):
+def short_and_long(clmkit_corpus):
     """Short scripts (pieces of the email package) and long library files (the json package)."""
-    short = Dataset.from_dict({"content": [t[i : i + 120] for t in texts[5:] for i in range(0, 1200, 400)]})
-    long = Dataset.from_dict({"text": texts[:5]})
+    email, json = clmkit_corpus[:-5], clmkit_corpus[-5:]  # the kit's corpus: email's 20 files, then json's 5
+    short = Dataset.from_dict({"content": [t[i : i + 120] for t in email for i in range(0, 1200, 400)]})
+    long = Dataset.from_dict({"text": json})
     return short, long
 
 
@@ -23,7 +24,9 @@ def as_tuples(dataset) -> list[tuple[int, ...]]:
     return [tuple(ids) for ids in dataset["input_ids"]]
 
 
-def test_each_source_is_cut_its_own_way_and_sampled_by_weight(tokenizer, make_model, make_args, short_and_long):
+def test_each_source_is_cut_its_own_way_and_sampled_by_weight(
+    clmkit_tokenizer, clmkit_model, clmkit_args, short_and_long
+):
     short, long = short_and_long
     mixture = Mixture(
         [
@@ -32,13 +35,13 @@ def test_each_source_is_cut_its_own_way_and_sampled_by_weight(tokenizer, make_mo
         ],
         stopping_strategy="first_exhausted",
     )
-    args = make_args(filters=[{"keywords": {"words": ["no such word"]}}])  # the run's filters: replaced per source
-    trainer = ClmTrainer(make_model(), args, processing_class=tokenizer, train_dataset=mixture)
+    args = clmkit_args(filters=[{"keywords": {"words": ["no such word"]}}])  # the run's filters: replaced per source
+    trainer = ClmTrainer(clmkit_model(), args, processing_class=clmkit_tokenizer, train_dataset=mixture)
     mixed = trainer.train_dataset
     # each source alone, as a plain run would prepare it
     alone = {
         name: ClmTrainer(
-            make_model(), make_args(**options), processing_class=tokenizer, train_dataset=data
+            clmkit_model(), clmkit_args(**options), processing_class=clmkit_tokenizer, train_dataset=data
         ).train_dataset
         for name, data, options in [
             ("scripts", short, {"chunker": "packed", "filters": ["exact_dedup"]}),
@@ -65,18 +68,20 @@ def test_each_source_is_cut_its_own_way_and_sampled_by_weight(tokenizer, make_mo
     assert trainer.state.global_step == 2
 
 
-def test_a_mixture_with_a_stream_is_a_stream(tokenizer, make_model, make_args, short_and_long):
+def test_a_mixture_with_a_stream_is_a_stream(clmkit_tokenizer, clmkit_model, clmkit_args, short_and_long):
     short, long = short_and_long
     mixture = [Source(short.to_iterable_dataset(), chunker="packed"), Source(long, text_column="text", weight=2)]
     with pytest.raises(ConfigError, match="max_steps"):
-        ClmTrainer(make_model(), make_args(), processing_class=tokenizer, train_dataset=mixture)
-    trainer = ClmTrainer(make_model(), make_args(max_steps=2), processing_class=tokenizer, train_dataset=mixture)
+        ClmTrainer(clmkit_model(), clmkit_args(), processing_class=clmkit_tokenizer, train_dataset=mixture)
+    trainer = ClmTrainer(
+        clmkit_model(), clmkit_args(max_steps=2), processing_class=clmkit_tokenizer, train_dataset=mixture
+    )
     assert isinstance(trainer.train_dataset, IterableDataset)
     trainer.train()
     assert trainer.state.global_step == 2
 
 
-def test_sources_from_a_config_list(tokenizer, make_model, make_args, short_and_long):
+def test_sources_from_a_config_list(clmkit_tokenizer, clmkit_model, clmkit_args, short_and_long):
     short, long = short_and_long
     datasets = {"scripts/": short, "lib/": long}
     config = [
@@ -88,7 +93,9 @@ def test_sources_from_a_config_list(tokenizer, make_model, make_args, short_and_
         ("scripts/", "packed", 1, ["exact_dedup"]),
         ("lib/", "concat", 3, None),
     ]
-    trainer = ClmTrainer(make_model(), make_args(), processing_class=tokenizer, train_dataset=Mixture(sources))
+    trainer = ClmTrainer(
+        clmkit_model(), clmkit_args(), processing_class=clmkit_tokenizer, train_dataset=Mixture(sources)
+    )
     assert set(trainer.data_stats) == {"train/scripts/", "train/lib/"}
     with pytest.raises(ConfigError, match=r"unknown keys \['chunk'\]"):
         sources_from_config([{"dataset": "lib/", "chunk": "packed"}], datasets.__getitem__)
@@ -112,16 +119,16 @@ def test_bad_weights(short_and_long):
 
 
 def test_a_packed_source_with_a_collator_that_cannot_keep_documents_apart(
-    tokenizer, make_model, make_args, short_and_long
+    clmkit_tokenizer, clmkit_model, clmkit_args, short_and_long
 ):
     short, long = short_and_long
     mixture = Mixture([Source(short, chunker="packed"), Source(long, text_column="text")])
     with pytest.raises(ConfigError, match="chunker 'packed' packs several documents"):
         ClmTrainer(
-            make_model(),
-            make_args(),
-            data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),
-            processing_class=tokenizer,
+            clmkit_model(),
+            clmkit_args(),
+            data_collator=DataCollatorForLanguageModeling(clmkit_tokenizer, mlm=False),
+            processing_class=clmkit_tokenizer,
             train_dataset=mixture,
         )
 

@@ -10,10 +10,10 @@ from datasets import Dataset
 from transformers import DataCollatorForLanguageModeling
 
 from clmkit import ClmTrainer, Plugins
+from clmkit.data.packing import best_fit_decreasing
+from clmkit.data.preparation import compare_chunkers, compare_table
 from clmkit.errors import ConfigError
-from clmkit.heads import forward_for_loss
-from clmkit.packing import best_fit_decreasing
-from clmkit.preparation import compare_chunkers, compare_table
+from clmkit.training.forward import forward_for_loss
 
 
 def build(kind: str, name: str, *args, **kwargs):
@@ -39,10 +39,10 @@ def test_best_fit_decreasing_puts_each_item_in_the_tightest_bin():
         best_fit_decreasing([65], 64)
 
 
-def test_packed_keeps_every_token_and_restarts_positions_per_document(texts, tokenizer):
-    docs = tokenizer(texts)["input_ids"]
-    eos = tokenizer.eos_token_id
-    rows = build("chunkers", "packed", tokenizer, 128)({"input_ids": docs})
+def test_packed_keeps_every_token_and_restarts_positions_per_document(clmkit_corpus, clmkit_tokenizer):
+    docs = clmkit_tokenizer(clmkit_corpus)["input_ids"]
+    eos = clmkit_tokenizer.eos_token_id
+    rows = build("chunkers", "packed", clmkit_tokenizer, 128)({"input_ids": docs})
     expected = [[*d, eos][s : s + 128] for d in docs for s in range(0, len(d) + 1, 128)]
     assert any(len(d) > 128 for d in docs)  # some documents are split
     got = [seg for ids, pos in zip(rows["input_ids"], rows["position_ids"], strict=True) for seg in segments(ids, pos)]
@@ -54,26 +54,31 @@ def test_packed_keeps_every_token_and_restarts_positions_per_document(texts, tok
 
 
 @pytest.fixture
-def two_documents(tokenizer, texts):
+def two_documents(clmkit_tokenizer, clmkit_corpus):
     """A (40 tokens) and B (20 tokens): BFD puts the longer A first, B after it, in one row of 64."""
-    ids = tokenizer(texts[3])["input_ids"]
+    ids = clmkit_tokenizer(clmkit_corpus[3])["input_ids"]
     return ids[:40], ids[100:120]
 
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
 @pytest.mark.parametrize("training", [False, True])
-def test_a_packed_document_does_not_see_the_one_before_it(tokenizer, make_model, two_documents, attn, training):
+def test_a_packed_document_does_not_see_the_one_before_it(
+    clmkit_tokenizer, clmkit_model, two_documents, attn, training
+):
     a, b = two_documents
-    chunker = build("chunkers", "packed", tokenizer, 64)
-    collate = build("collators", "causal", tokenizer)
-    model = make_model(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)  # dropout off: train mode stays deterministic
+    chunker = build("chunkers", "packed", clmkit_tokenizer, 64)
+    collate = build("collators", "causal", clmkit_tokenizer)
+    model = clmkit_model(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)  # dropout off: train mode stays deterministic
     model.set_attn_implementation(attn)
     model.train(training)
     assert model.config._attn_implementation == attn and model.config.use_cache  # GPT-2 builds a KV cache by default
 
     def logits_and_batch(first):
         row = chunker({"input_ids": [first, b]})
-        assert len(row["input_ids"]) == 1 and row["input_ids"][0][len(first) + 1 :] == [*b, tokenizer.eos_token_id]
+        assert len(row["input_ids"]) == 1 and row["input_ids"][0][len(first) + 1 :] == [
+            *b,
+            clmkit_tokenizer.eos_token_id,
+        ]
         batch = collate([{"input_ids": row["input_ids"][0], "position_ids": row["position_ids"][0]}])
         with torch.no_grad():
             return forward_for_loss(model, batch, hidden_states=False)[0].logits[0], batch
@@ -84,7 +89,7 @@ def test_a_packed_document_does_not_see_the_one_before_it(tokenizer, make_model,
     assert not torch.equal(original[:start], changed[:start])
     torch.testing.assert_close(changed[start:], original[start:], rtol=0, atol=1e-6)
     # B in the packed row is B alone
-    alone = collate([{"input_ids": [*b, tokenizer.eos_token_id]}])
+    alone = collate([{"input_ids": [*b, clmkit_tokenizer.eos_token_id]}])
     with torch.no_grad():
         by_itself = model(input_ids=alone["input_ids"]).logits[0]
     torch.testing.assert_close(original[start:], by_itself, rtol=0, atol=1e-5)
@@ -99,13 +104,15 @@ def test_a_packed_document_does_not_see_the_one_before_it(tokenizer, make_model,
     assert (plain[0][start:] - plain[1][start:]).abs().max() > 1e-3
 
 
-def test_packed_refuses_a_collator_that_cannot_keep_documents_apart(tokenizer, make_model, make_args, raw_datasets):
+def test_packed_refuses_a_collator_that_cannot_keep_documents_apart(
+    clmkit_tokenizer, clmkit_model, clmkit_args, raw_datasets
+):
     with pytest.raises(ConfigError) as info:
         ClmTrainer(
-            make_model(),
-            make_args(chunker="packed"),
-            data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),
-            processing_class=tokenizer,
+            clmkit_model(),
+            clmkit_args(chunker="packed"),
+            data_collator=DataCollatorForLanguageModeling(clmkit_tokenizer, mlm=False),
+            processing_class=clmkit_tokenizer,
             train_dataset=raw_datasets["train"],
         )
     message = str(info.value)
@@ -116,13 +123,15 @@ def test_packed_refuses_a_collator_that_cannot_keep_documents_apart(tokenizer, m
     )
 
 
-def test_packed_trains_and_its_token_counters_continue_on_resume(tokenizer, make_model, make_args, texts, tmp_path):
+def test_packed_trains_and_its_token_counters_continue_on_resume(
+    clmkit_tokenizer, clmkit_model, clmkit_args, clmkit_corpus, tmp_path
+):
     """slots, non-padding tokens and targets differ with packing; a resumed run ends with the same totals."""
-    corpus = Dataset.from_dict({"content": [t[200 : 210 + 2 * i] for i, t in enumerate(texts[:30])]})  # 17 rows
+    corpus = Dataset.from_dict({"content": [t[200 : 210 + 2 * i] for i, t in enumerate(clmkit_corpus[:30])]})  # 17 rows
     context = 32
 
     def trainer(output_dir):
-        args = make_args(
+        args = clmkit_args(
             output_dir=str(output_dir),
             context_length=context,
             chunker="packed",
@@ -134,7 +143,9 @@ def test_packed_trains_and_its_token_counters_continue_on_resume(tokenizer, make
             logging_strategy="steps",
             logging_steps=1,
         )
-        return ClmTrainer(make_model(context_length=context), args, processing_class=tokenizer, train_dataset=corpus)
+        return ClmTrainer(
+            clmkit_model(context_length=context), args, processing_class=clmkit_tokenizer, train_dataset=corpus
+        )
 
     first = trainer(tmp_path / "run")
     first.train()
@@ -153,14 +164,14 @@ def test_packed_trains_and_its_token_counters_continue_on_resume(tokenizer, make
     for key in ("token_slots_seen", "tokens_seen", "target_tokens_seen"):
         assert again[key] == final[key], key
     at_checkpoint = next(log for log in first.state.log_history if log.get("step") == 3 and "loss" in log)
-    session = resumed._token_counter()._session_tokens  # tokens/s of the resumed run counts only these
+    session = resumed.token_counter._session_tokens  # tokens/s of the resumed run counts only these
     assert 0 < session == final["tokens_seen"] - at_checkpoint["tokens_seen"]
 
 
-def test_compare_chunkers_accounts_for_every_token(raw_datasets, tokenizer):
+def test_compare_chunkers_accounts_for_every_token(raw_datasets, clmkit_tokenizer):
     corpus = raw_datasets["train"]
-    rows = {r["chunker"]: r for r in compare_chunkers(corpus, tokenizer, ["overflow", "concat", "packed"], 64)}
-    lengths = [len(ids) for ids in tokenizer(list(corpus["content"]))["input_ids"]]
+    rows = {r["chunker"]: r for r in compare_chunkers(corpus, clmkit_tokenizer, ["overflow", "concat", "packed"], 64)}
+    lengths = [len(ids) for ids in clmkit_tokenizer(list(corpus["content"]))["input_ids"]]
     for row in rows.values():
         assert row["documents"] == len(corpus)
         assert row["tokens_kept"] + row["tokens_dropped"] == row["tokens"]

@@ -37,8 +37,8 @@ def course_grouped_params(model, weight_decay, no_decay=["bias", "LayerNorm.weig
 GPT2_NORM = re.compile(r"(h\.\d+\.ln_[12]|ln_f)\.weight$")
 
 
-def test_gpt2_norm_weights_and_biases_are_not_decayed(make_model):
-    model = make_model()
+def test_gpt2_norm_weights_and_biases_are_not_decayed(clmkit_model):
+    model = clmkit_model()
     groups = grouper()(model, 0.1)
     assert [g["weight_decay"] for g in groups] == [0.1, 0.0]
     decay, plain = names_by_group(model, groups)
@@ -57,8 +57,8 @@ def test_gpt2_norm_weights_and_biases_are_not_decayed(make_model):
     assert decay == {n for n, _ in model.named_parameters()} - plain
 
 
-def test_every_trainable_parameter_exactly_once(make_model):
-    model = make_model()
+def test_every_trainable_parameter_exactly_once(clmkit_model):
+    model = clmkit_model()
     model.transformer.wpe.weight.requires_grad_(False)
     groups = grouper()(model, 0.1)
     ids = [id(p) for g in groups for p in g["params"]]
@@ -66,8 +66,8 @@ def test_every_trainable_parameter_exactly_once(make_model):
     assert set(ids) == {id(p) for p in model.parameters() if p.requires_grad}  # lm_head is tied to wte: once
 
 
-def test_the_course_name_list_decays_gpt2_norms(make_model):
-    model = make_model()
+def test_the_course_name_list_decays_gpt2_norms(clmkit_model):
+    model = clmkit_model()
     decay, plain = names_by_group(model, course_grouped_params(model, 0.1))
     assert "transformer.ln_f.weight" in decay and "transformer.h.0.ln_1.weight" in decay
     assert not any(GPT2_NORM.search(n) for n in plain)
@@ -84,9 +84,9 @@ def test_rms_norms_of_other_architectures_are_found_by_type():
 
 
 @pytest.mark.parametrize(("optim", "optimizer_cls"), [("adamw_torch", torch.optim.AdamW), ("sgd", torch.optim.SGD)])
-def test_the_trainers_optimizer_has_these_groups(make_model, tokenizer, make_args, optim, optimizer_cls):
-    model = make_model()
-    trainer = ClmTrainer(model, make_args(weight_decay=0.05, optim=optim), processing_class=tokenizer)
+def test_the_trainers_optimizer_has_these_groups(clmkit_model, clmkit_tokenizer, clmkit_args, optim, optimizer_cls):
+    model = clmkit_model()
+    trainer = ClmTrainer(model, clmkit_args(weight_decay=0.05, optim=optim), processing_class=clmkit_tokenizer)
     optimizer = trainer.create_optimizer()
     assert isinstance(optimizer, optimizer_cls)
     groups = optimizer.param_groups

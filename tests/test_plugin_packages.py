@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
 import sys
 import tomllib
@@ -13,23 +12,21 @@ from pathlib import Path
 import pytest
 import torch
 from datasets import Dataset
+from support import PLUGIN_PACKAGES, install_plugin_package, install_plugin_packages, pinned_env
 
 from clmkit import ClmTrainer, Loss, Plugins, hookimpl
 from clmkit.cli import main
-from clmkit.data.corpus import stdlib_root
 from clmkit.errors import ConfigError
 from clmkit.templates import new_plugin
-from clmkit.testing import assert_exact_under_accumulation, install_plugin_package
+from clmkit.testing import assert_exact_under_accumulation
 
-ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = {"fim": ROOT / "plugins" / "clmkit-fim", "zloss": ROOT / "plugins" / "clmkit-zloss"}
+PACKAGES = {"fim": PLUGIN_PACKAGES["clmkit-fim"], "zloss": PLUGIN_PACKAGES["clmkit-zloss"]}
 
 
 @pytest.fixture(scope="module")
 def installed():
     """pip-install each package of plugins/ unless this very version is installed; return their modules."""
-    for folder in PACKAGES.values():
-        install_plugin_package(folder)
+    install_plugin_packages()
     import clmkit_fim
     import clmkit_zloss
 
@@ -62,10 +59,11 @@ def test_clmkit_plugins_lists_them_with_their_distribution_and_names(installed, 
     assert main(["plugins"]) == 0
     records = {record["plugin"]: record for record in json.loads(capsys.readouterr().out)}
     fim, zloss = records["fim"], records["zloss"]
-    assert (fim["distribution"], fim["version"]) == ("clmkit-fim", project(PACKAGES["fim"])["version"])
-    assert (zloss["distribution"], zloss["version"]) == ("clmkit-zloss", project(PACKAGES["zloss"])["version"])
+    clmkit_fim, clmkit_zloss = installed
+    assert (fim["distribution"], fim["version"]) == ("clmkit-fim", clmkit_fim.__version__)
+    assert (zloss["distribution"], zloss["version"]) == ("clmkit-zloss", clmkit_zloss.__version__)
     assert fim["registered"] == {"chunkers": ["fim"]}
-    assert fim["hooks"] == ["clmkit_callbacks", "clmkit_register_chunkers"]
+    assert fim["hooks"] == ["clmkit_prepare_model", "clmkit_register_chunkers"]
     assert zloss["registered"] == {"losses": ["z_loss", "label_smoothing"]}
 
 
@@ -86,14 +84,10 @@ def test_clmkit_trainer_uses_them_by_name(installed, clmkit_tokenizer, clmkit_mo
     assert len(losses) == 2 and all(math.isfinite(x) for x in losses)
 
 
-def test_clmkit_train_uses_them_by_name_and_the_saved_model_infills(installed, tmp_path):
+def test_clmkit_train_uses_them_by_name_and_the_saved_model_infills(installed, corpus_dir, tmp_path):
     clmkit_fim, _ = installed
-    corpus = tmp_path / "corpus"
-    corpus.mkdir()
-    for path in sorted((stdlib_root() / "json").glob("*.py")) + [stdlib_root() / "textwrap.py"]:
-        (corpus / path.name).write_bytes(path.read_bytes())
     out = tmp_path / "run"
-    argv = ["train", "--dataset", str(corpus), "--output_dir", str(out), "--model-preset", "test"]
+    argv = ["train", "--dataset", str(corpus_dir), "--output_dir", str(out), "--model-preset", "test"]
     argv += ["--config_overrides", "n_layer=1", "--vocab_size", "400", "--context_length", "64", "--max_steps", "6"]
     argv += ["--per_device_train_batch_size", "8", "--valid_split_percentage", "20", "--max_new_tokens", "4"]
     argv += ["--chunker", "fim", "--chunker_kwargs", '{"rate": 0.9}', "--loss", "z_loss", "--disable_tqdm", "true"]
@@ -125,7 +119,7 @@ def test_builtin_losses_pass_the_exactness_check(loss, loss_kwargs):
 
 
 class MeanOfMicroBatchMeans(Loss):
-    """The seed's mistake: each micro-batch averaged on its own, so a window is a mean of means."""
+    """The course recipe's mistake: each micro-batch averaged on its own, so a window is a mean of means."""
 
     def __init__(self, tokenizer=None):
         pass
@@ -187,7 +181,7 @@ def test_new_plugin_writes_a_package_whose_tests_pass_once_installed(tmp_path):
     assert "class FocalLoss(Loss)" in (folder / "src" / "clmkit_focal_loss" / "__init__.py").read_text()
     site = tmp_path / "site"
     install_plugin_package(folder, target=site)
-    env = {**os.environ, "PYTHONPATH": str(site), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    env = pinned_env(PYTHONPATH=str(site), HF_HUB_OFFLINE="1")
     done = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"],
         cwd=folder,

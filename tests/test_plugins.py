@@ -85,14 +85,16 @@ def test_clmkit_plugins_lists_the_installed_distribution(installed_plugin, capsy
     assert builtin["registered"] == {"losses": ["cross_entropy", "keytoken"]}
 
 
-def test_installed_plugin_is_used_by_name_in_training(installed_plugin, tokenizer, make_model, raw_datasets, make_args):
-    args = make_args(chunker="every_other", loss="first_half", max_steps=4, per_device_train_batch_size=4)
-    trainer = ClmTrainer(make_model(), args, processing_class=tokenizer, train_dataset=raw_datasets["train"])
+def test_installed_plugin_is_used_by_name_in_training(
+    installed_plugin, clmkit_tokenizer, clmkit_model, raw_datasets, clmkit_args
+):
+    args = clmkit_args(chunker="every_other", loss="first_half", max_steps=4, per_device_train_batch_size=4)
+    trainer = ClmTrainer(clmkit_model(), args, processing_class=clmkit_tokenizer, train_dataset=raw_datasets["train"])
     result = trainer.train()
 
     assert isinstance(trainer.chunker, installed_plugin.EveryOther)
     assert isinstance(trainer.loss, installed_plugin.FirstHalf)
-    stream = sum(len(ids) + 1 for ids in tokenizer(list(raw_datasets["train"]["content"]))["input_ids"])
+    stream = sum(len(ids) + 1 for ids in clmkit_tokenizer(list(raw_datasets["train"]["content"]))["input_ids"])
     assert trainer.data_stats["train"].examples == math.ceil((stream // 64) / 2)
     counters = [cb for cb in trainer.callback_handler.callbacks if isinstance(cb, installed_plugin.StepCounter)]
     assert len(counters) == 1 and counters[0].steps == 4
@@ -141,12 +143,14 @@ class ObjectPlugin:
         return [self.recorder]
 
 
-def test_plugin_objects_passed_to_the_trainer_are_used(tokenizer, make_model, raw_datasets, make_args, monkeypatch):
+def test_plugin_objects_passed_to_the_trainer_are_used(
+    clmkit_tokenizer, clmkit_model, raw_datasets, clmkit_args, monkeypatch
+):
     monkeypatch.setenv("CLMKIT_DISABLE_PLUGIN_AUTOLOAD", "1")
     plugin = ObjectPlugin()
-    args = make_args(loss="counting_ce", max_steps=3, gradient_accumulation_steps=2, per_device_train_batch_size=4)
+    args = clmkit_args(loss="counting_ce", max_steps=3, gradient_accumulation_steps=2, per_device_train_batch_size=4)
     trainer = ClmTrainer(
-        make_model(), args, processing_class=tokenizer, train_dataset=raw_datasets["train"], plugins=[plugin]
+        clmkit_model(), args, processing_class=clmkit_tokenizer, train_dataset=raw_datasets["train"], plugins=[plugin]
     )
     trainer.train()
     assert isinstance(trainer.loss, CountingCrossEntropy) and trainer.loss.calls == 6
@@ -157,9 +161,9 @@ def test_plugin_objects_passed_to_the_trainer_are_used(tokenizer, make_model, ra
 # ---- names: unknown and duplicate -------------------------------------------------------------------
 
 
-def test_unknown_name_lists_the_names_that_exist(installed_plugin, tokenizer, make_args):
+def test_unknown_name_lists_the_names_that_exist(installed_plugin, clmkit_tokenizer, clmkit_args):
     with pytest.raises(UnknownNameError) as info:
-        ClmTrainer(args=make_args(loss="focal"), processing_class=tokenizer)
+        ClmTrainer(args=clmkit_args(loss="focal"), processing_class=clmkit_tokenizer)
     message = str(info.value)
     assert "unknown loss 'focal'" in message
     for name in ("cross_entropy", "keytoken", "first_half"):
@@ -172,9 +176,9 @@ class DuplicateConcat:
         register("concat", object)
 
 
-def test_duplicate_name_from_a_plugin_object_names_both_plugins(tokenizer, make_args):
+def test_duplicate_name_from_a_plugin_object_names_both_plugins(clmkit_tokenizer, clmkit_args):
     with pytest.raises(PluginError) as info:
-        ClmTrainer(args=make_args(), processing_class=tokenizer, plugins=[DuplicateConcat()])
+        ClmTrainer(args=clmkit_args(), processing_class=clmkit_tokenizer, plugins=[DuplicateConcat()])
     assert "'concat'" in str(info.value)
     assert "clmkit.builtins.chunkers" in str(info.value) and "DuplicateConcat" in str(info.value)
 

@@ -17,19 +17,21 @@ sys.path.insert(0, str(SCRIPTS))
 
 from common import write_inputs  # noqa: E402
 from resumable import MAX_STEPS, train  # noqa: E402
+from support import pinned_env  # noqa: E402
 
 from clmkit import ClmTrainer  # noqa: E402
-from clmkit.checkpoint import CheckpointError  # noqa: E402
-from clmkit.loop import ClmLoop  # noqa: E402
+from clmkit.testing import tiny_tokenizer  # noqa: E402
+from clmkit.training.checkpoint import CheckpointError  # noqa: E402
+from clmkit.training.loop import ClmLoop  # noqa: E402
 
 K = 4  # checkpoint step of the killed run: in its second epoch, after a short window
 BATCHES_BEFORE_K = 7  # epoch 0: 5 batches (windows of 2, 2, 1) for steps 1-3; step 4: 2 more
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory, tokenizer, texts) -> Path:
+def workdir(tmp_path_factory, clmkit_corpus) -> Path:
     path = tmp_path_factory.mktemp("inputs")
-    write_inputs(path, tokenizer, texts)
+    write_inputs(path, tiny_tokenizer(), clmkit_corpus)
     return path
 
 
@@ -40,6 +42,7 @@ def run_until_killed(workdir: Path, out: Path, path: str) -> None:
         [sys.executable, str(SCRIPTS / "resumable.py"), str(workdir), str(out), path, str(K)],
         stdout=log,
         stderr=subprocess.STDOUT,
+        env=pinned_env(),
     )
     try:
         deadline = time.monotonic() + 240
@@ -107,48 +110,52 @@ PATHS = {
 
 
 @pytest.fixture(params=list(PATHS))
-def first_run(request, tmp_path, make_args, make_model, tokenizer, raw_datasets):
+def first_run(request, tmp_path, clmkit_args, clmkit_model, clmkit_tokenizer, raw_datasets):
     """checkpoint-2 of a 2-step run (on the small validation split, to be quick); the class that wrote it."""
     cls = PATHS[request.param][0]
-    args = make_args(output_dir=str(tmp_path / "first"), max_steps=2, save_strategy="steps", save_steps=2)
-    cls(model=make_model(), args=args, processing_class=tokenizer, train_dataset=raw_datasets["valid"]).train()
+    args = clmkit_args(output_dir=str(tmp_path / "first"), max_steps=2, save_strategy="steps", save_steps=2)
+    cls(model=clmkit_model(), args=args, processing_class=clmkit_tokenizer, train_dataset=raw_datasets["valid"]).train()
     return request.param, tmp_path / "first" / "checkpoint-2"
 
 
-def resume(path: str, checkpoint: Path | bool, model, make_args, tokenizer, raw_datasets, **overrides) -> None:
-    args = make_args(max_steps=4, **overrides)
+def resume(path: str, checkpoint: Path | bool, model, clmkit_args, tokenizer, raw_datasets, **overrides) -> None:
+    args = clmkit_args(max_steps=4, **overrides)
     run = PATHS[path][0](model=model, args=args, processing_class=tokenizer, train_dataset=raw_datasets["valid"])
     run.train(resume_from_checkpoint=checkpoint if checkpoint is True else str(checkpoint))
 
 
 def test_incomplete_checkpoint_names_what_is_missing_and_loads_nothing(
-    first_run, make_args, make_model, tokenizer, raw_datasets
+    first_run, clmkit_args, clmkit_model, clmkit_tokenizer, raw_datasets
 ):
     path, checkpoint = first_run
     _, optimizer_file, rng_file = PATHS[path]
     (checkpoint / optimizer_file).unlink()
     with (checkpoint / rng_file).open("r+b") as f:
         f.truncate(10)
-    model = make_model()
+    model = clmkit_model()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(CheckpointError) as error:
-        resume(path, checkpoint, model, make_args, tokenizer, raw_datasets)
+        resume(path, checkpoint, model, clmkit_args, clmkit_tokenizer, raw_datasets)
     assert f"missing {optimizer_file}" in str(error.value)
     assert f"truncated {rng_file} (10 of" in str(error.value)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
-def test_folder_without_state_file_is_refused(first_run, make_args, make_model, tokenizer, raw_datasets):
+def test_folder_without_state_file_is_refused(first_run, clmkit_args, clmkit_model, clmkit_tokenizer, raw_datasets):
     path, checkpoint = first_run
     (checkpoint / "clmkit_checkpoint.json").unlink()  # what a run killed while saving leaves
     with pytest.raises(CheckpointError, match="clmkit_checkpoint.json is missing"):
-        resume(path, checkpoint, make_model(), make_args, tokenizer, raw_datasets)
+        resume(path, checkpoint, clmkit_model(), clmkit_args, clmkit_tokenizer, raw_datasets)
 
 
-def test_other_model_and_chunker_settings_are_named(first_run, make_args, make_model, tokenizer, raw_datasets):
+def test_other_model_and_chunker_settings_are_named(
+    first_run, clmkit_args, clmkit_model, clmkit_tokenizer, raw_datasets
+):
     path, checkpoint = first_run
     with pytest.raises(CheckpointError) as error:
-        resume(path, checkpoint, make_model(n_embd=32), make_args, tokenizer, raw_datasets, chunker="overflow")
+        resume(
+            path, checkpoint, clmkit_model(n_embd=32), clmkit_args, clmkit_tokenizer, raw_datasets, chunker="overflow"
+        )
     message = str(error.value)
     assert "model n_embd: 64 in the checkpoint, 32 now" in message
     assert "data chunker: 'concat' in the checkpoint, 'overflow' now" in message
@@ -156,7 +163,7 @@ def test_other_model_and_chunker_settings_are_named(first_run, make_args, make_m
 
 
 @pytest.mark.parametrize("path", list(PATHS))
-def test_resume_true_without_checkpoint(path, tmp_path, make_args, make_model, tokenizer, raw_datasets):
+def test_resume_true_without_checkpoint(path, tmp_path, clmkit_args, clmkit_model, clmkit_tokenizer, raw_datasets):
     (tmp_path / "out" / ".partial-checkpoint-9").mkdir(parents=True)  # what the loop leaves when killed mid-save
     with pytest.raises(CheckpointError, match="holds no checkpoint-N folder"):
-        resume(path, True, make_model(), make_args, tokenizer, raw_datasets)
+        resume(path, True, clmkit_model(), clmkit_args, clmkit_tokenizer, raw_datasets)

@@ -8,14 +8,14 @@ import pytest
 from datasets import Dataset, IterableDataset, load_dataset
 
 from clmkit import ClmTrainer
+from clmkit.data.streaming import stream_files
 from clmkit.errors import ConfigError, DataError
-from clmkit.streaming import stream_files
 
 
 @pytest.fixture
-def jsonl_stream(tmp_path, texts):
+def jsonl_stream(tmp_path, clmkit_corpus):
     """The test corpus (plus a duplicate) as two jsonl shards, loaded with load_dataset(streaming=True)."""
-    rows = [{"content": t, "path": f"f{i}.py"} for i, t in enumerate([*texts, texts[0]])]
+    rows = [{"content": t, "path": f"f{i}.py"} for i, t in enumerate([*clmkit_corpus, clmkit_corpus[0]])]
     files = []
     for shard in range(2):
         path = tmp_path / f"shard{shard}.jsonl"
@@ -26,11 +26,13 @@ def jsonl_stream(tmp_path, texts):
 
 
 @pytest.mark.parametrize("chunker", ["concat", "packed"])
-def test_a_stream_yields_the_examples_of_the_same_dataset(tokenizer, make_model, make_args, jsonl_stream, chunker):
+def test_a_stream_yields_the_examples_of_the_same_dataset(
+    clmkit_tokenizer, clmkit_model, clmkit_args, jsonl_stream, chunker
+):
     stream, dataset = jsonl_stream
-    args = make_args(chunker=chunker, max_steps=5, filters=["exact_dedup", "code_quality"])
-    eager = ClmTrainer(make_model(), args=args, processing_class=tokenizer, train_dataset=dataset)
-    lazy = ClmTrainer(make_model(), args=args, processing_class=tokenizer, train_dataset=stream)
+    args = clmkit_args(chunker=chunker, max_steps=5, filters=["exact_dedup", "code_quality"])
+    eager = ClmTrainer(clmkit_model(), args=args, processing_class=clmkit_tokenizer, train_dataset=dataset)
+    lazy = ClmTrainer(clmkit_model(), args=args, processing_class=clmkit_tokenizer, train_dataset=stream)
     assert isinstance(lazy.train_dataset, IterableDataset) and "train" not in lazy.data_stats
     expected = eager.train_dataset.to_list()
     assert len(expected) == eager.data_stats["train"].examples > 0
@@ -40,48 +42,56 @@ def test_a_stream_yields_the_examples_of_the_same_dataset(tokenizer, make_model,
     assert removed == {r.name: r.removed for r in eager.filter_reports["train"]} and removed["exact_dedup"] == 1
 
 
-def test_training_on_files_streamed_from_disk(tokenizer, make_model, make_args, texts, tmp_path):
+def test_training_on_files_streamed_from_disk(clmkit_tokenizer, clmkit_model, clmkit_args, clmkit_corpus, tmp_path):
     paths = []
-    for i, text in enumerate(texts[:8]):
+    for i, text in enumerate(clmkit_corpus[:8]):
         paths.append(tmp_path / f"m{i}.py")
         paths[-1].write_text(text)
     stream = stream_files(paths)
     assert stream.n_shards == 8
     trainer = ClmTrainer(
-        make_model(), make_args(chunker="packed", max_steps=3), processing_class=tokenizer, train_dataset=stream
+        clmkit_model(),
+        clmkit_args(chunker="packed", max_steps=3),
+        processing_class=clmkit_tokenizer,
+        train_dataset=stream,
     )
     trainer.train()
     assert trainer.state.global_step == 3
     assert trainer.state.log_history[-1]["train_loss"] > 0
 
 
-def test_a_stream_without_max_steps_is_refused(tokenizer, make_model, make_args, raw_datasets):
+def test_a_stream_without_max_steps_is_refused(clmkit_tokenizer, clmkit_model, clmkit_args, raw_datasets):
     with pytest.raises(ConfigError, match="max_steps"):
         ClmTrainer(
-            make_model(),
-            args=make_args(),
-            processing_class=tokenizer,
+            clmkit_model(),
+            args=clmkit_args(),
+            processing_class=clmkit_tokenizer,
             train_dataset=raw_datasets["train"].to_iterable_dataset(),
         )
 
 
-def test_a_stream_emptied_by_a_filter_names_it(tokenizer, make_model, make_args, raw_datasets):
+def test_a_stream_emptied_by_a_filter_names_it(clmkit_tokenizer, clmkit_model, clmkit_args, raw_datasets):
     stream = raw_datasets["train"].to_iterable_dataset()
-    args = make_args(max_steps=3, filters=[{"keywords": {"words": ["no such word anywhere"]}}])
+    args = clmkit_args(max_steps=3, filters=[{"keywords": {"words": ["no such word anywhere"]}}])
     with pytest.raises(DataError, match="filter 'keywords' removed 23 of 23 documents"):
-        ClmTrainer(make_model(), args=args, processing_class=tokenizer, train_dataset=stream)
+        ClmTrainer(clmkit_model(), args=args, processing_class=clmkit_tokenizer, train_dataset=stream)
 
 
-def test_a_stream_without_a_schema_is_read_for_its_columns(tokenizer, make_model, make_args, texts):
+def test_a_stream_without_a_schema_is_read_for_its_columns(clmkit_tokenizer, clmkit_model, clmkit_args, clmkit_corpus):
     def documents():
-        for text in texts:
+        for text in clmkit_corpus:
             yield {"body": text}
 
     stream = IterableDataset.from_generator(documents)
     assert stream.column_names is None
     with pytest.raises(DataError, match=r"no text column 'content'; its columns are \['body'\]"):
-        ClmTrainer(make_model(), args=make_args(max_steps=2), processing_class=tokenizer, train_dataset=stream)
+        ClmTrainer(
+            clmkit_model(), args=clmkit_args(max_steps=2), processing_class=clmkit_tokenizer, train_dataset=stream
+        )
     trainer = ClmTrainer(
-        make_model(), args=make_args(max_steps=2, text_column="body"), processing_class=tokenizer, train_dataset=stream
+        clmkit_model(),
+        args=clmkit_args(max_steps=2, text_column="body"),
+        processing_class=clmkit_tokenizer,
+        train_dataset=stream,
     )
     assert len(next(iter(trainer.train_dataset))["input_ids"]) == 64

@@ -14,18 +14,18 @@ from transformers import TrainerCallback, TrainingArguments, get_cosine_schedule
 
 from clmkit import ClmTrainer, ClmTrainingArguments
 from clmkit.errors import ConfigError, DataError
-from clmkit.models import build_model, gpt2_config
+from clmkit.testing import padded_examples, tiny_model, tiny_tokenizer
 
 
 @pytest.mark.parametrize("chunker", ["concat", "overflow"])
 @pytest.mark.parametrize("loss", ["cross_entropy", "keytoken"])
-def test_training_lowers_the_eval_loss(tokenizer, make_model, make_args, raw_datasets, loss, chunker):
+def test_training_lowers_the_eval_loss(clmkit_tokenizer, clmkit_model, clmkit_args, raw_datasets, loss, chunker):
     loss_kwargs = {"keywords": ["self", "def", "None"], "alpha": 1.0} if loss == "keytoken" else {}
-    args = make_args(loss=loss, loss_kwargs=loss_kwargs, chunker=chunker, max_steps=30, warmup_steps=3)
+    args = clmkit_args(loss=loss, loss_kwargs=loss_kwargs, chunker=chunker, max_steps=30, warmup_steps=3)
     trainer = ClmTrainer(
-        make_model(),
+        clmkit_model(),
         args,
-        processing_class=tokenizer,
+        processing_class=clmkit_tokenizer,
         train_dataset=raw_datasets["train"],
         eval_dataset=raw_datasets["valid"],
     )
@@ -37,12 +37,13 @@ def test_training_lowers_the_eval_loss(tokenizer, make_model, make_args, raw_dat
         assert metrics["eval_perplexity"] == pytest.approx(math.exp(metrics["eval_loss"]), rel=1e-12)
 
 
-def test_eval_loss_is_the_mean_over_target_tokens(tokenizer, make_model, make_args, varied_examples):
+def test_eval_loss_is_the_mean_over_target_tokens(clmkit_tokenizer, clmkit_model, clmkit_args):
     """Five examples of uneven length in batches of 2: the last batch is short, every batch padded."""
-    model = make_model()
-    eval_set = varied_examples.select(range(5))
+    examples = padded_examples(clmkit_tokenizer)
+    model = clmkit_model()
+    eval_set = examples.select(range(5))
     trainer = ClmTrainer(
-        model, make_args(per_device_eval_batch_size=2), processing_class=tokenizer, eval_dataset=eval_set
+        model, clmkit_args(per_device_eval_batch_size=2), processing_class=clmkit_tokenizer, eval_dataset=eval_set
     )
     metrics = trainer.evaluate()
 
@@ -60,32 +61,38 @@ def test_eval_loss_is_the_mean_over_target_tokens(tokenizer, make_model, make_ar
     assert abs(mean_of_batch_means - metrics["eval_loss"]) > 1e-3  # what averaging per batch would report
 
 
-def test_tokenized_documents_are_chunked_like_raw_text(tokenizer, make_model, make_args, raw_datasets):
+def test_tokenized_documents_are_chunked_like_raw_text(clmkit_tokenizer, clmkit_model, clmkit_args, raw_datasets):
     raw = raw_datasets["train"]
-    tokenized = Dataset.from_dict({"input_ids": tokenizer(list(raw["content"]))["input_ids"]})
-    from_text = ClmTrainer(make_model(), make_args(), processing_class=tokenizer, train_dataset=raw)
-    from_ids = ClmTrainer(make_model(), make_args(), processing_class=tokenizer, train_dataset=tokenized)
+    tokenized = Dataset.from_dict({"input_ids": clmkit_tokenizer(list(raw["content"]))["input_ids"]})
+    from_text = ClmTrainer(clmkit_model(), clmkit_args(), processing_class=clmkit_tokenizer, train_dataset=raw)
+    from_ids = ClmTrainer(clmkit_model(), clmkit_args(), processing_class=clmkit_tokenizer, train_dataset=tokenized)
     assert from_ids.train_dataset["input_ids"][:] == from_text.train_dataset["input_ids"][:]
     assert from_ids.data_stats["train"] == from_text.data_stats["train"]
 
 
-def test_preprocessing_workers_give_the_same_examples(tokenizer, make_model, make_args, raw_datasets):
+def test_preprocessing_workers_give_the_same_examples(clmkit_tokenizer, clmkit_model, clmkit_args, raw_datasets):
     args = {"chunker": "overflow"}
-    one = ClmTrainer(make_model(), make_args(**args), processing_class=tokenizer, train_dataset=raw_datasets["train"])
+    one = ClmTrainer(
+        clmkit_model(), clmkit_args(**args), processing_class=clmkit_tokenizer, train_dataset=raw_datasets["train"]
+    )
     two = ClmTrainer(
-        make_model(),
-        make_args(**args, preprocessing_num_workers=2),
-        processing_class=tokenizer,
+        clmkit_model(),
+        clmkit_args(**args, preprocessing_num_workers=2),
+        processing_class=clmkit_tokenizer,
         train_dataset=raw_datasets["train"],
     )
     assert two.train_dataset["input_ids"][:] == one.train_dataset["input_ids"][:]
 
 
-def test_bf16_on_cpu(tokenizer, make_model, make_args, raw_datasets):
-    args = make_args(bf16=True, max_steps=3)
-    model = make_model()
+def test_bf16_on_cpu(clmkit_tokenizer, clmkit_model, clmkit_args, raw_datasets):
+    args = clmkit_args(bf16=True, max_steps=3)
+    model = clmkit_model()
     trainer = ClmTrainer(
-        model, args, processing_class=tokenizer, train_dataset=raw_datasets["train"], eval_dataset=raw_datasets["valid"]
+        model,
+        args,
+        processing_class=clmkit_tokenizer,
+        train_dataset=raw_datasets["train"],
+        eval_dataset=raw_datasets["valid"],
     )
     assert trainer.accelerator.mixed_precision == "bf16"
     result = trainer.train()
@@ -134,8 +141,7 @@ def drop_in_args(output_dir: Path) -> ClmTrainingArguments:
 
 
 def drop_in_trainer(tokenizer, raw_datasets, output_dir: Path, callbacks=()) -> ClmTrainer:
-    torch.manual_seed(0)
-    model = build_model(gpt2_config("test", len(tokenizer), 64, tokenizer.eos_token_id))
+    model = tiny_model(tokenizer, context_length=64, seed=0)
     return ClmTrainer(
         model,
         drop_in_args(output_dir),
@@ -147,11 +153,11 @@ def drop_in_trainer(tokenizer, raw_datasets, output_dir: Path, callbacks=()) -> 
 
 
 @pytest.fixture(scope="module")
-def drop_in_run(tokenizer, raw_datasets, tmp_path_factory):
+def drop_in_run(raw_datasets, tmp_path_factory):
     """12 steps: cosine schedule with warmup, clipping, eval every 4 steps, checkpoints every 6."""
     output_dir = tmp_path_factory.mktemp("drop_in")
     norms = PostClipNorms()
-    trainer = drop_in_trainer(tokenizer, raw_datasets, output_dir, [norms])
+    trainer = drop_in_trainer(tiny_tokenizer(), raw_datasets, output_dir, [norms])
     trainer.train()
     return trainer, norms, output_dir
 
@@ -192,9 +198,9 @@ def test_eval_and_save_strategies(drop_in_run):
     assert (output_dir / "checkpoint-6" / "model.safetensors").is_file()
 
 
-def test_resume_continues_steps_and_token_counts(drop_in_run, tokenizer, raw_datasets, tmp_path):
+def test_resume_continues_steps_and_token_counts(drop_in_run, clmkit_tokenizer, raw_datasets, tmp_path):
     trainer, _, output_dir = drop_in_run
-    resumed = drop_in_trainer(tokenizer, raw_datasets, tmp_path)
+    resumed = drop_in_trainer(clmkit_tokenizer, raw_datasets, tmp_path)
     resumed.train(resume_from_checkpoint=str(output_dir / "checkpoint-6"))
     assert resumed.state.global_step == MAX_STEPS
 
@@ -208,27 +214,27 @@ def test_resume_continues_steps_and_token_counts(drop_in_run, tokenizer, raw_dat
 # ---- bad input -------------------------------------------------------------------------------------
 
 
-def test_tokenizer_without_eos(tokenizer, make_model, make_args):
-    no_eos = copy.deepcopy(tokenizer)
+def test_tokenizer_without_eos(clmkit_tokenizer, clmkit_model, clmkit_args):
+    no_eos = copy.deepcopy(clmkit_tokenizer)
     no_eos.eos_token = None
     with pytest.raises(DataError, match="no EOS token"):
-        ClmTrainer(make_model(), make_args(), processing_class=no_eos)
+        ClmTrainer(clmkit_model(), clmkit_args(), processing_class=no_eos)
 
 
-def test_model_vocab_smaller_than_the_tokenizer(tokenizer, make_model, make_args):
+def test_model_vocab_smaller_than_the_tokenizer(clmkit_tokenizer, clmkit_model, clmkit_args):
     with pytest.raises(DataError) as info:
-        ClmTrainer(make_model(vocab_size=256), make_args(), processing_class=tokenizer)
-    assert "256" in str(info.value) and str(len(tokenizer)) in str(info.value)
+        ClmTrainer(clmkit_model(vocab_size=256), clmkit_args(), processing_class=clmkit_tokenizer)
+    assert "256" in str(info.value) and str(len(clmkit_tokenizer)) in str(info.value)
     assert "resize_token_embeddings" in str(info.value)
 
 
-def test_context_longer_than_the_models_positions(tokenizer, make_model, make_args):
+def test_context_longer_than_the_models_positions(clmkit_tokenizer, clmkit_model, clmkit_args):
     with pytest.raises(DataError, match="n_positions >= 128"):
-        ClmTrainer(make_model(context_length=64), make_args(context_length=128), processing_class=tokenizer)
+        ClmTrainer(clmkit_model(context_length=64), clmkit_args(context_length=128), processing_class=clmkit_tokenizer)
 
 
-def test_plain_training_arguments_or_no_tokenizer(tokenizer, make_model, tmp_path):
+def test_plain_training_arguments_or_no_tokenizer(clmkit_tokenizer, clmkit_model, tmp_path):
     with pytest.raises(ConfigError, match="ClmTrainingArguments"):
-        ClmTrainer(make_model(), TrainingArguments(output_dir=str(tmp_path)), processing_class=tokenizer)
+        ClmTrainer(clmkit_model(), TrainingArguments(output_dir=str(tmp_path)), processing_class=clmkit_tokenizer)
     with pytest.raises(ConfigError, match="processing_class=tokenizer"):
-        ClmTrainer(make_model(), ClmTrainingArguments(output_dir=str(tmp_path)))
+        ClmTrainer(clmkit_model(), ClmTrainingArguments(output_dir=str(tmp_path)))

@@ -8,30 +8,38 @@ import torch.nn.functional as F
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from clmkit import ClmTrainer, Loss, NonFiniteLossError, hookimpl
-from clmkit.flops import datasheet_peak_tflops, flops_per_token, matmul_parameters, measure_peak_tflops, peak_tflops
+from clmkit.testing import padded_examples
+from clmkit.training.flops import (
+    datasheet_peak_tflops,
+    flops_per_token,
+    matmul_parameters,
+    measure_peak_tflops,
+    peak_tflops,
+)
 
 
-def no_dropout(make_model):
-    return make_model(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+def no_dropout(clmkit_model):
+    return clmkit_model(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
 
 
-def train(model, tokenizer, make_args, dataset, plugins=(), **overrides):
+def train(model, tokenizer, clmkit_args, dataset, plugins=(), **overrides):
     settings = {"logging_strategy": "steps", "logging_steps": 1, "train_sampling_strategy": "sequential"}
-    args = make_args(**{**settings, **overrides})
+    args = clmkit_args(**{**settings, **overrides})
     trainer = ClmTrainer(model, args, train_dataset=dataset, processing_class=tokenizer, plugins=plugins)
     trainer.train()
     return trainer, [log for log in trainer.state.log_history if "loss" in log]
 
 
-def test_every_logging_step_carries_loss_lr_grad_norm_tokens_and_mfu(make_model, tokenizer, make_args, varied_examples):
-    model = no_dropout(make_model)
+def test_every_logging_step_carries_loss_lr_grad_norm_tokens_and_mfu(clmkit_model, clmkit_tokenizer, clmkit_args):
+    examples = padded_examples(clmkit_tokenizer)
+    model = no_dropout(clmkit_model)
     _, logs = train(
-        model, tokenizer, make_args, varied_examples, gradient_accumulation_steps=2, max_steps=2, peak_tflops=2.0
+        model, clmkit_tokenizer, clmkit_args, examples, gradient_accumulation_steps=2, max_steps=2, peak_tflops=2.0
     )
     assert len(logs) == 2
     assert [log["learning_rate"] for log in logs] == pytest.approx([3e-3, 1.5e-3])  # linear decay, before each step
     assert all(log["grad_norm"] > 0 and 0 < log["loss"] < 10 for log in logs)
-    lengths = [len(ids) for ids in varied_examples["input_ids"]]  # two steps of 2 x 8: every example once
+    lengths = [len(ids) for ids in examples["input_ids"]]  # two steps of 2 x 8: every example once
     assert logs[-1]["tokens_seen"] == sum(lengths)
     assert logs[-1]["target_tokens_seen"] == sum(lengths) - len(lengths)
     assert logs[0]["tokens_seen"] == sum(lengths[:16])
@@ -41,9 +49,10 @@ def test_every_logging_step_carries_loss_lr_grad_norm_tokens_and_mfu(make_model,
         assert log["mfu"] == pytest.approx(per_token * log["tokens_per_second"] / 2e12, rel=1e-9)
 
 
-def test_mfu_defaults_to_the_peak_measured_on_this_cpu(make_model, tokenizer, make_args, varied_examples):
-    model = make_model()
-    _, logs = train(model, tokenizer, make_args, varied_examples, max_steps=1)
+def test_mfu_defaults_to_the_peak_measured_on_this_cpu(clmkit_model, clmkit_tokenizer, clmkit_args):
+    examples = padded_examples(clmkit_tokenizer)
+    model = clmkit_model()
+    _, logs = train(model, clmkit_tokenizer, clmkit_args, examples, max_steps=1)
     peak = measure_peak_tflops(torch.device("cpu"), torch.float32)
     assert peak == peak_tflops(torch.device("cpu")) and 0.01 < peak < 100  # measured once, then cached
     assert logs[0]["mfu"] == pytest.approx(flops_per_token(model, 64) * logs[0]["tokens_per_second"] / (peak * 1e12))
@@ -52,21 +61,22 @@ def test_mfu_defaults_to_the_peak_measured_on_this_cpu(make_model, tokenizer, ma
 
 @pytest.mark.parametrize(("batch", "accumulation"), [(32, 1), (8, 4)])
 def test_logged_loss_is_per_target_token_whatever_the_accumulation(
-    make_model, tokenizer, make_args, varied_examples, batch, accumulation
+    clmkit_model, clmkit_tokenizer, clmkit_args, batch, accumulation
 ):
     """One optimizer step over the 32 padded examples logs their mean token loss under the initial weights."""
-    model = no_dropout(make_model)
+    examples = padded_examples(clmkit_tokenizer)
+    model = no_dropout(clmkit_model)
     nats = targets = 0.0
     with torch.no_grad():
-        for ids in varied_examples["input_ids"]:
+        for ids in examples["input_ids"]:
             logits = model(input_ids=torch.tensor([ids])).logits[0, :-1]
             nats += float(F.cross_entropy(logits, torch.tensor(ids[1:]), reduction="sum"))
             targets += len(ids) - 1
     _, logs = train(
         model,
-        tokenizer,
-        make_args,
-        varied_examples,
+        clmkit_tokenizer,
+        clmkit_args,
+        examples,
         per_device_train_batch_size=batch,
         gradient_accumulation_steps=accumulation,
         max_steps=1,
@@ -74,8 +84,8 @@ def test_logged_loss_is_per_target_token_whatever_the_accumulation(
     assert logs[0]["loss"] == pytest.approx(nats / targets, rel=1e-5)
 
 
-def test_flops_per_token_of_a_tied_gpt2_by_hand(make_model):
-    model = make_model(context_length=64)  # 2 layers, 64 dims, 2 heads, head tied to the token embedding
+def test_flops_per_token_of_a_tied_gpt2_by_hand(clmkit_model):
+    model = clmkit_model(context_length=64)  # 2 layers, 64 dims, 2 heads, head tied to the token embedding
     vocab = model.config.vocab_size
     layer = 2 * 64 + (64 * 192 + 192) + (64 * 64 + 64) + 2 * 64 + (64 * 256 + 256) + (256 * 64 + 64)
     n = 2 * layer + 2 * 64 + vocab * 64  # blocks, ln_f, the head once; no position embedding
@@ -130,15 +140,16 @@ class NaNPlugin:
 
 
 def test_nan_loss_stops_training_naming_the_step_and_last_checkpoint(
-    make_model, tokenizer, make_args, varied_examples, tmp_path
+    clmkit_model, clmkit_tokenizer, clmkit_args, tmp_path
 ):
+    examples = padded_examples(clmkit_tokenizer)
     output = tmp_path / "run"
     with pytest.raises(NonFiniteLossError) as info:
         train(
-            make_model(),
-            tokenizer,
-            make_args,
-            varied_examples,
+            clmkit_model(),
+            clmkit_tokenizer,
+            clmkit_args,
+            examples,
             plugins=[NaNPlugin()],
             loss="nan_at_step",
             loss_kwargs={"step": 3},
@@ -153,13 +164,14 @@ def test_nan_loss_stops_training_naming_the_step_and_last_checkpoint(
     assert sorted(p.name for p in output.glob("checkpoint-*")) == ["checkpoint-2"]  # nothing trained on after
 
 
-def test_nan_before_any_checkpoint_says_so(make_model, tokenizer, make_args, varied_examples):
+def test_nan_before_any_checkpoint_says_so(clmkit_model, clmkit_tokenizer, clmkit_args):
+    examples = padded_examples(clmkit_tokenizer)
     with pytest.raises(NonFiniteLossError, match="step 1. Last good checkpoint: none saved yet"):
         train(
-            make_model(),
-            tokenizer,
-            make_args,
-            varied_examples,
+            clmkit_model(),
+            clmkit_tokenizer,
+            clmkit_args,
+            examples,
             plugins=[NaNPlugin()],
             loss="nan_at_step",
             loss_kwargs={"step": 1},

@@ -10,28 +10,29 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 _EXPORTS = {
     "ClmTrainingArguments": "clmkit.args",
-    "Chunker": "clmkit.chunking",
-    "ChunkStats": "clmkit.chunking",
-    "linear_cross_entropy": "clmkit.cross_entropy",
+    "Chunker": "clmkit.data.chunking",
+    "ChunkStats": "clmkit.data.chunking",
+    "DocumentFilter": "clmkit.data.filters",
+    "linear_cross_entropy": "clmkit.training.cross_entropy",
     "ClmkitError": "clmkit.errors",
     "ConfigError": "clmkit.errors",
     "DataError": "clmkit.errors",
     "PluginError": "clmkit.errors",
     "UnknownNameError": "clmkit.errors",
     "hookimpl": "clmkit.hookspecs",
-    "Loss": "clmkit.losses",
-    "LossInputs": "clmkit.losses",
-    "ClmMetrics": "clmkit.metrics",
+    "Loss": "clmkit.training.losses",
+    "LossInputs": "clmkit.training.losses",
+    "ClmMetrics": "clmkit.training.metrics",
     "Plugins": "clmkit.plugins",
-    "ClmTrainer": "clmkit.trainer",
-    "NonFiniteLossError": "clmkit.trainer",
-    "ClmLoop": "clmkit.loop",
-    "Mixture": "clmkit.mixtures",
-    "Source": "clmkit.mixtures",
+    "ClmTrainer": "clmkit.training.trainer",
+    "NonFiniteLossError": "clmkit.training.components",
+    "ClmLoop": "clmkit.training.loop",
+    "Mixture": "clmkit.data.mixtures",
+    "Source": "clmkit.data.mixtures",
 }
 
 __all__ = [
@@ -44,6 +45,7 @@ __all__ = [
     "ClmkitError",
     "ConfigError",
     "DataError",
+    "DocumentFilter",
     "Loss",
     "LossInputs",
     "Mixture",
@@ -58,16 +60,18 @@ __all__ = [
 
 if TYPE_CHECKING:
     from clmkit.args import ClmTrainingArguments
-    from clmkit.chunking import Chunker, ChunkStats
-    from clmkit.cross_entropy import linear_cross_entropy
+    from clmkit.data.chunking import Chunker, ChunkStats
+    from clmkit.data.filters import DocumentFilter
+    from clmkit.data.mixtures import Mixture, Source
     from clmkit.errors import ClmkitError, ConfigError, DataError, PluginError, UnknownNameError
     from clmkit.hookspecs import hookimpl
-    from clmkit.loop import ClmLoop
-    from clmkit.losses import Loss, LossInputs
-    from clmkit.metrics import ClmMetrics
-    from clmkit.mixtures import Mixture, Source
     from clmkit.plugins import Plugins
-    from clmkit.trainer import ClmTrainer, NonFiniteLossError
+    from clmkit.training.components import NonFiniteLossError
+    from clmkit.training.cross_entropy import linear_cross_entropy
+    from clmkit.training.loop import ClmLoop
+    from clmkit.training.losses import Loss, LossInputs
+    from clmkit.training.metrics import ClmMetrics
+    from clmkit.training.trainer import ClmTrainer
 
 
 def __getattr__(name: str) -> Any:

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from transformers import TrainingArguments
 
 from clmkit.errors import ConfigError
-from clmkit.filters import canonical_filters
 
 _KWARG_FIELDS = ("chunker_kwargs", "collator_kwargs", "loss_kwargs")
+# one document filter of ``filters``: its registered name and keyword arguments
+FilterSpec = tuple[str, dict[str, Any]]
 
 
 @dataclass
@@ -102,3 +104,43 @@ class ClmTrainingArguments(TrainingArguments):
     def plugin_kwargs(self, name: str) -> dict[str, Any]:
         """The keyword arguments for one plugin kind (``chunker``, ``collator``, ``loss``), as a dict."""
         return dict(getattr(self, f"{name}_kwargs") or {})
+
+
+def parse_filter_specs(value: str | Sequence[Any] | None) -> list[FilterSpec]:
+    """``filters`` as ``[(name, kwargs), ...]``: from a list of names / ``{name: kwargs}``, JSON, or ``a,b``."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith(("[", "{")):
+            try:
+                value = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise ConfigError(
+                    f"filters is not valid JSON ({exc.msg} at column {exc.colno}): {value!r}. "
+                    'Write e.g. \'["exact_dedup", {"keywords": {"words": ["pandas"]}}]\' or exact_dedup,code_quality.'
+                ) from None
+        else:
+            value = [name.strip() for name in text.split(",") if name.strip()]
+    if isinstance(value, Mapping):
+        value = [{name: kwargs} for name, kwargs in value.items()]
+    specs: list[FilterSpec] = []
+    for item in value:
+        if isinstance(item, str):
+            specs.append((item, {}))
+        elif isinstance(item, Mapping) and len(item) == 1:
+            ((name, kwargs),) = item.items()
+            if not isinstance(kwargs, Mapping):
+                raise ConfigError(f"filter {name!r} needs a mapping of keyword arguments, got {kwargs!r}.")
+            specs.append((str(name), dict(kwargs)))
+        else:
+            raise ConfigError(
+                f"filters item {item!r} is neither a filter name nor a one-key mapping {{name: kwargs}}. "
+                'Write e.g. ["exact_dedup", {"code_quality": {"max_line_length": 500}}].'
+            )
+    return specs
+
+
+def canonical_filters(value: str | Sequence[Any] | None) -> list[str | dict[str, dict[str, Any]]]:
+    """``filters`` in the form that round-trips through JSON and YAML: names, or ``{name: kwargs}`` when set."""
+    return [name if not kwargs else {name: kwargs} for name, kwargs in parse_filter_specs(value)]

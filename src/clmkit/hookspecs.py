@@ -1,72 +1,125 @@
-"""Every hook a clmkit plugin can implement.
+"""Every hook a clmkit plugin can implement, and the types of what each registers.
 
 A plugin is any object or module with functions decorated by ``clmkit.hookimpl`` whose names are
-below. Register-callback hooks receive a ``register(name, obj)`` function and return nothing;
-names are global per registry, so registering a name another plugin already registered is an
+below. The five ``clmkit_register_<kind>`` hooks fill one registry each (the table
+``clmkit.plugins.KINDS``): they receive a ``register(name, factory)`` function and return nothing.
+Names are global per registry, so registering a name another plugin already registered is an
 error that names both plugins. Plugins are found through the ``clmkit`` entry-point group, or
-passed to ``ClmTrainer(plugins=[...])``.
+passed to ``ClmTrainer(plugins=[...])`` / ``ClmLoop(plugins=[...])``.
+
+Both training paths call every hook the same way, once per run: ``ClmTrainer`` and ``ClmLoop``
+build a run through ``clmkit.training.components.assemble``, which makes one plugin manager, calls
+``clmkit_prepare_model``, builds the named objects from the registries and collects
+``clmkit_callbacks``. This module imports nothing heavy (no torch, no transformers), so a plugin
+package can import it cheaply.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import pluggy
 
 if TYPE_CHECKING:
-    from transformers import TrainerCallback
+    from torch import Tensor, nn
+    from transformers import PreTrainedTokenizerBase, TrainerCallback
 
     from clmkit.args import ClmTrainingArguments
+    from clmkit.data.chunking import Chunker
+    from clmkit.data.filters import DocumentFilter
+    from clmkit.training.losses import Loss
 
 hookspec = pluggy.HookspecMarker("clmkit")
 hookimpl = pluggy.HookimplMarker("clmkit")
 
-Register = Callable[[str, Any], None]
+F = TypeVar("F", contravariant=True)
+
+
+class Register(Protocol[F]):
+    """The ``register(name, factory)`` function a ``clmkit_register_<kind>`` hook receives."""
+
+    def __call__(self, name: str, factory: F, /) -> None: ...
+
+
+class ChunkerFactory(Protocol):
+    """``factory(tokenizer, context_length, **chunker_kwargs)``: a ``clmkit.Chunker`` (usually its class)."""
+
+    def __call__(self, tokenizer: PreTrainedTokenizerBase, context_length: int, /, **kwargs: Any) -> Chunker: ...
+
+
+class Collator(Protocol):
+    """Turns a list of examples into a batch of tensors ``{"input_ids", "attention_mask", "labels", ...}``."""
+
+    def __call__(self, examples: Sequence[dict[str, Any]], /) -> dict[str, Tensor]: ...
+
+
+class CollatorFactory(Protocol):
+    """``factory(tokenizer, **collator_kwargs)``: a ``Collator``."""
+
+    def __call__(self, tokenizer: PreTrainedTokenizerBase, /, **kwargs: Any) -> Collator: ...
+
+
+class LossFactory(Protocol):
+    """``factory(tokenizer=..., **loss_kwargs)``: a ``clmkit.Loss``."""
+
+    def __call__(self, *, tokenizer: PreTrainedTokenizerBase, **kwargs: Any) -> Loss: ...
+
+
+class FilterFactory(Protocol):
+    """``factory(**filter_kwargs)``: a ``clmkit.DocumentFilter``."""
+
+    def __call__(self, **kwargs: Any) -> DocumentFilter: ...
+
+
+class ParamGrouper(Protocol):
+    """``grouper(model, weight_decay)``: optimizer parameter groups covering every trainable parameter once."""
+
+    def __call__(self, model: nn.Module, weight_decay: float, /) -> list[dict[str, Any]]: ...
 
 
 @hookspec
-def clmkit_register_chunkers(register: Register) -> None:
-    """Register chunking strategies: ``register("name", factory)``.
+def clmkit_register_chunkers(register: Register[ChunkerFactory]) -> None:
+    """Register chunking strategies: ``register("name", factory)``, a ``ChunkerFactory``.
 
-    ``factory(tokenizer, context_length, **chunker_kwargs)`` returns a ``clmkit.Chunker``: a
-    callable that takes a batch of tokenized documents ``{"input_ids": [[int, ...], ...]}`` and
-    returns training examples ``{"input_ids": [[int, ...], ...], ...}`` (any number of rows). Extra
-    columns it returns (e.g. ``position_ids``) travel to the collator. Set the class attribute
-    ``adds_eos = True`` when the chunker appends one EOS per document, so token accounting is exact,
-    and ``emits_document_boundaries = True`` when it packs several documents per row, marked by
+    The chunker is a callable that takes a batch of tokenized documents ``{"input_ids": [[int,
+    ...], ...]}`` and returns training examples ``{"input_ids": [[int, ...], ...], ...}`` (any
+    number of rows, none longer than ``context_length``). Extra columns it returns (e.g.
+    ``position_ids``) travel to the collator. Set the class attribute ``adds_eos = True`` when the
+    chunker appends one EOS per document, so token accounting is exact, and
+    ``emits_document_boundaries = True`` when it packs several documents per row, marked by
     ``position_ids`` restarting at 0 (clmkit then refuses a collator that cannot keep them apart).
-
-    Called once per plugin manager; results are not combined, each call adds names.
+    A chunker must not change the tokenizer: a plugin that needs new tokens adds them in
+    ``clmkit_prepare_model``.
     """
 
 
 @hookspec
-def clmkit_register_collators(register: Register) -> None:
-    """Register data collators: ``register("name", factory)``.
+def clmkit_register_collators(register: Register[CollatorFactory]) -> None:
+    """Register data collators: ``register("name", factory)``, a ``CollatorFactory``.
 
-    ``factory(tokenizer, **collator_kwargs)`` returns a callable that turns a list of examples
-    into a batch of tensors ``{"input_ids", "attention_mask", "labels", ...}``. Labels are the
-    unshifted targets (the loss shifts them); ``-100`` marks positions that are never targets.
-    A collator that keeps the documents of packed rows apart (passes ``position_ids`` on, right
-    pads, masks the label where positions restart) sets ``supports_document_boundaries = True``.
+    The collator turns a list of examples into a batch of tensors ``{"input_ids",
+    "attention_mask", "labels", ...}``. Labels are the unshifted targets (the loss shifts them);
+    ``-100`` marks positions that are never targets. A collator that keeps the documents of packed
+    rows apart (passes ``position_ids`` on, right pads, masks the label where positions restart)
+    sets ``supports_document_boundaries = True``.
     """
 
 
 @hookspec
-def clmkit_register_losses(register: Register) -> None:
-    """Register loss functions: ``register("name", factory)``.
+def clmkit_register_losses(register: Register[LossFactory]) -> None:
+    """Register loss functions: ``register("name", factory)``, a ``LossFactory``.
 
-    ``factory(tokenizer=..., **loss_kwargs)`` returns a ``clmkit.Loss``. A loss returns the *sum*
-    of its per-item losses for one micro-batch (``Loss.loss_sum``) and the micro-batch's share of
-    the normalizer (``Loss.normalizer``, e.g. the number of target tokens); clmkit divides the sum
-    by the normalizer of the whole gradient-accumulation window over all processes, so every loss
-    is exact under accumulation and data parallelism without doing anything itself.
+    A loss returns the *sum* of its per-item losses for one micro-batch (``Loss.loss_sum``) and the
+    micro-batch's share of the normalizer (``Loss.normalizer``, e.g. the number of target tokens);
+    clmkit divides the sum by the normalizer of the whole gradient-accumulation window over all
+    processes, so every loss is exact under accumulation and data parallelism without doing
+    anything itself.
 
     A loss says what it consumes with the class attribute ``Loss.consumes``:
 
-    - ``"logits"``: the simple, seed-style way. ``LossInputs.logits`` (B x T x V) is set and the
-      loss computes whatever it likes from it and ``LossInputs.targets`` (the shifted labels).
+    - ``"logits"``: the simple way. ``LossInputs.logits`` (B x T x V) is set and the loss computes
+      whatever it likes from it and ``LossInputs.targets`` (the shifted labels).
     - ``"hidden_states"`` (the default): memory-lean. ``LossInputs.hidden_states`` (B x T x H) and
       ``LossInputs.lm_head`` (the output ``nn.Linear``) are set and no B x T x V tensor exists.
       Any weighted token cross-entropy only overrides ``Loss.token_weights`` (or calls
@@ -82,23 +135,39 @@ def clmkit_register_losses(register: Register) -> None:
 
 
 @hookspec
-def clmkit_register_filters(register: Register) -> None:
-    """Register document filters: ``register("name", factory)``.
+def clmkit_register_filters(register: Register[FilterFactory]) -> None:
+    """Register document filters: ``register("name", factory)``, a ``FilterFactory``.
 
-    ``factory(**filter_kwargs)`` returns a ``clmkit.filters.DocumentFilter``: its ``reason(text)``
-    returns a short reason to drop a raw document, or ``None`` to keep it; a filter with state
-    overrides ``reset()`` (called before every pass over the data). Filters run before
-    tokenization, in the order of ``ClmTrainingArguments.filters``; clmkit counts each reason.
+    The filter's ``reason(text)`` returns a short reason to drop a raw document, or ``None`` to
+    keep it; a filter with state overrides ``reset()`` (called before every pass over the data).
+    Filters run before tokenization, in the order of ``ClmTrainingArguments.filters``; clmkit
+    counts each reason.
     """
 
 
 @hookspec
-def clmkit_register_param_groupers(register: Register) -> None:
-    """Register optimizer parameter groupings: ``register("name", fn)``.
+def clmkit_register_param_groupers(register: Register[ParamGrouper]) -> None:
+    """Register optimizer parameter groupings: ``register("name", grouper)``, a ``ParamGrouper``.
 
-    ``fn(model, weight_decay)`` returns a list of optimizer parameter groups
+    ``grouper(model, weight_decay)`` returns a list of optimizer parameter groups
     (``[{"params": [...], "weight_decay": float, ...}]``) covering every trainable parameter
     exactly once. Extra keys (e.g. ``lr``) are passed to the optimizer as per-group options.
+    """
+
+
+@hookspec
+def clmkit_prepare_model(
+    model: nn.Module | None, tokenizer: PreTrainedTokenizerBase, args: ClmTrainingArguments, chunkers: Sequence[str]
+) -> None:
+    """Adapt the model and tokenizer to this run before anything else uses them.
+
+    Called once per run on both training paths, after the arguments are checked and before the
+    chunker, collator and loss are built, the data is prepared or the optimizer exists: the place
+    to add tokens to the tokenizer, resize the model's embeddings and initialise the new rows.
+    ``chunkers`` holds the chunker names the run uses (``args.chunker``, and each mixture source's),
+    so a plugin can act only when one of its chunkers is in use. ``model`` is ``None`` when
+    ``ClmTrainer`` gets a ``model_init`` instead of a model. Return nothing; change the objects
+    in place.
     """
 
 
@@ -106,5 +175,6 @@ def clmkit_register_param_groupers(register: Register) -> None:
 def clmkit_callbacks(args: ClmTrainingArguments) -> list[TrainerCallback] | None:
     """Return ``TrainerCallback`` objects to add to this run, or ``None`` for none.
 
-    Called once per ``ClmTrainer``; the lists of all plugins are concatenated in plugin order.
+    Called once per run (``ClmTrainer`` or ``ClmLoop``); the lists of all plugins are concatenated
+    in plugin order, and both training paths call the callbacks' events the same way.
     """

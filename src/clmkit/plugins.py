@@ -26,16 +26,44 @@ BUILTIN_PLUGINS = (
     "clmkit.builtins.filters",
     "clmkit.builtins.losses",
     "clmkit.builtins.param_groups",
-    "clmkit.builtins.callbacks",
 )
-# registry kind -> the register hook that fills it
-REGISTRIES = {
-    "chunkers": "clmkit_register_chunkers",
-    "collators": "clmkit_register_collators",
-    "losses": "clmkit_register_losses",
-    "param_groupers": "clmkit_register_param_groupers",
-    "filters": "clmkit_register_filters",
-}
+
+
+@dataclass(frozen=True)
+class Kind:
+    """One registry: its name, the hook that fills it, and the ``ClmTrainingArguments`` fields that choose from it.
+
+    Everything that lists the registries derives from ``KINDS``: the hook names, the name checks
+    of a run (``Plugins.check_names``), the CLI's help, ``clmkit plugins`` and the error texts.
+    """
+
+    name: str  # the registry, e.g. "chunkers"
+    singular: str  # one of its entries, in messages: "chunker"
+    option: str  # the ClmTrainingArguments field that names the entry (a list of specs for filters)
+    kwargs_option: str | None  # the field holding the factory's keyword arguments
+
+    @property
+    def hook(self) -> str:
+        """The register hook that fills this registry: ``clmkit_register_<name>``."""
+        return f"clmkit_register_{self.name}"
+
+    def chosen(self, args: ClmTrainingArguments) -> list[str]:
+        """The names of this registry that ``args`` uses (several for ``filters``)."""
+        from clmkit.args import parse_filter_specs
+
+        value = getattr(args, self.option)
+        return [name for name, _ in parse_filter_specs(value)] if self.name == "filters" else [value]
+
+
+KINDS: tuple[Kind, ...] = (
+    Kind("chunkers", "chunker", "chunker", "chunker_kwargs"),
+    Kind("filters", "filter", "filters", None),
+    Kind("collators", "collator", "collator", "collator_kwargs"),
+    Kind("losses", "loss", "loss", "loss_kwargs"),
+    Kind("param_groupers", "param grouper", "param_grouper", None),
+)
+KIND_BY_NAME = {kind.name: kind for kind in KINDS}
+OTHER_HOOKS = ("clmkit_prepare_model", "clmkit_callbacks")
 
 
 @dataclass(frozen=True)
@@ -91,7 +119,7 @@ class Plugins:
         except pluggy.PluginValidationError as exc:
             raise PluginError(
                 f"plugin {self.pm.get_name(exc.plugin)!r} implements a hook that does not exist: {exc}. "
-                f"Fix the hook name (known hooks: {', '.join(sorted(REGISTRIES.values()))}, clmkit_callbacks)."
+                f"Fix the hook name (known hooks: {', '.join([*(k.hook for k in KINDS), *OTHER_HOOKS])})."
             ) from exc
         self._registries: dict[str, dict[str, Entry]] = {}
 
@@ -134,7 +162,7 @@ class Plugins:
         """All entries of one registry (``chunkers``, ``collators``, ``losses``, ``param_groupers``, ``filters``)."""
         if kind not in self._registries:
             entries: dict[str, Entry] = {}
-            hook = getattr(self.pm.hook, REGISTRIES[kind])
+            hook = getattr(self.pm.hook, _kind(kind).hook)
             for impl in hook.get_hookimpls():  # registration order
                 impl.function(register=self._registrar(kind, impl.plugin_name, entries))
             self._registries[kind] = entries
@@ -145,7 +173,7 @@ class Plugins:
         def register(name: str, obj: Any) -> None:
             if name in entries:
                 raise PluginError(
-                    f"{_singular(kind)} name {name!r} is registered twice: by plugin "
+                    f"{_kind(kind).singular} name {name!r} is registered twice: by plugin "
                     f"{entries[name].plugin!r} and by plugin {plugin!r}. Rename one of them, or load only one "
                     "(CLMKIT_PLUGINS / CLMKIT_DISABLE_PLUGIN_AUTOLOAD)."
                 )
@@ -158,7 +186,7 @@ class Plugins:
         entries = self.registry(kind)
         if name not in entries:
             raise UnknownNameError(
-                f"unknown {_singular(kind)} {name!r}; registered names: {', '.join(sorted(entries))}. "
+                f"unknown {_kind(kind).singular} {name!r}; registered names: {', '.join(sorted(entries))}. "
                 "Pick one of these, or install the plugin that provides it."
             )
         return entries[name]
@@ -166,8 +194,23 @@ class Plugins:
     def build(self, kind: str, name: str, *args: Any, **kwargs: Any) -> Any:
         """Call the factory registered as ``name``; keyword arguments it does not take are a ``ConfigError``."""
         factory = self.get(kind, name).obj
-        check_kwargs(factory, f"{_singular(kind)} {name!r}", args, kwargs, f"{_singular(kind)}_kwargs")
+        check_kwargs(factory, f"{_kind(kind).singular} {name!r}", args, kwargs, f"{_kind(kind).singular}_kwargs")
         return factory(*args, **kwargs)
+
+    def check_names(self, args: ClmTrainingArguments, chunkers: Iterable[str] = ()) -> None:
+        """Fail before any work on a name of any registry that ``args`` (or a mixture's ``chunkers``) uses
+        and no plugin registered."""
+        for kind in KINDS:
+            for name in kind.chosen(args):
+                self.get(kind.name, name)
+        for name in chunkers:
+            self.get("chunkers", name)
+
+    def prepare_model(self, model: Any, tokenizer: Any, args: ClmTrainingArguments, chunkers: Sequence[str]) -> None:
+        """Let every plugin adapt model and tokenizer (hook ``clmkit_prepare_model``), in plugin order."""
+        values = {"model": model, "tokenizer": tokenizer, "args": args, "chunkers": list(chunkers)}
+        for impl in self.pm.hook.clmkit_prepare_model.get_hookimpls():  # registration order
+            impl.function(*(values[name] for name in impl.argnames))
 
     def callbacks(self, args: ClmTrainingArguments) -> list[TrainerCallback]:
         """The TrainerCallbacks all plugins add for this run, in plugin order."""
@@ -177,7 +220,7 @@ class Plugins:
     def describe(self) -> list[dict[str, Any]]:
         """One JSON-ready record per plugin: name, distribution, version, hooks and registered names."""
         names: dict[str, dict[str, list[str]]] = {}
-        for kind in REGISTRIES:
+        for kind in KIND_BY_NAME:
             for entry in self.registry(kind).values():
                 names.setdefault(entry.plugin, {}).setdefault(kind, []).append(entry.name)
         records = []
@@ -214,9 +257,11 @@ def check_kwargs(
         ) from None
 
 
-def _singular(kind: str) -> str:
-    """``losses`` -> ``loss``, ``param_groupers`` -> ``param grouper``: a registry kind as one thing."""
-    return kind.removesuffix("es" if kind.endswith("sses") else "s").replace("_", " ")
+def _kind(name: str) -> Kind:
+    """The registry ``name``; an unknown one is a programming error, not bad input."""
+    if name not in KIND_BY_NAME:
+        raise ValueError(f"no registry {name!r}; registries: {', '.join(KIND_BY_NAME)}")
+    return KIND_BY_NAME[name]
 
 
 def _version(dist: str) -> str | None:

@@ -36,7 +36,11 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
 
 def write_text(path: str | Path, text: str) -> None:
     """Write a UTF-8 text file atomically."""
-    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    atomic_write(path, lambda tmp: _write(tmp, text))
+
+
+def _write(path: Path, text: str) -> None:
+    path.write_text(text, encoding="utf-8")
 
 
 def write_json(path: str | Path, data: Any) -> None:

@@ -3,16 +3,23 @@
 pytest loads it wherever clmkit is installed (entry point ``pytest11``; ``-p no:clmkit`` turns it
 off). Fixtures, all prefixed ``clmkit_``:
 
-- ``clmkit_corpus``: real Python source, the standard library's ``json`` and ``email`` packages.
+- ``clmkit_corpus``: real Python source, the files of the standard library's ``json`` and ``email``
+  packages, sorted by path (so ``email``'s come first).
 - ``clmkit_tokenizer``: a byte-level BPE tokenizer (512 tokens) trained on it; a fresh copy per
   test, so a test may add tokens.
 - ``clmkit_model``: ``make(context_length=64, seed=0, **config_overrides)`` builds a 2-layer,
   64-dim GPT-2 sized to ``clmkit_tokenizer``.
-- ``clmkit_args``: ``make(**overrides)`` gives ``ClmTrainingArguments`` for a quick, quiet CPU run.
+- ``clmkit_args``: ``make(**overrides)`` gives ``ClmTrainingArguments`` for a quick, quiet CPU run
+  in the test's ``tmp_path``; any field can be overridden, ``output_dir`` included.
 - ``clmkit_plugins``: ``make(*plugin_objects)`` gives a ``Plugins`` with the built-ins and those only.
 - ``clmkit_install_plugin``: ``install(plugin, name)`` makes a plugin object look installed
   (an entry point of group ``clmkit``) for one test, so ``Plugins()``, ``ClmTrainer`` and an
   in-process ``clmkit.cli.main`` all find it by name.
+
+The same things as plain functions, for module-scoped fixtures and scripts: ``tiny_corpus()``,
+``tiny_tokenizer()``, ``tiny_model(tokenizer, ...)``, ``tiny_args(output_dir, ...)``, and
+``padded_examples(tokenizer, count=32)`` (tokenized examples of uneven length, so batches of them
+are padded); ``NO_DROPOUT`` is the config overrides of a dropout-free model.
 
 ``assert_exact_under_accumulation`` fails unless a loss gives the same gradients with batch 32 as
 with batch 8 x gradient accumulation 4, on padded data.
@@ -23,16 +30,13 @@ from __future__ import annotations
 import copy
 import functools
 import importlib
-import importlib.metadata
 import re
-import subprocess
 import sys
 import sysconfig
-import tomllib
 import types
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import pytest
 
@@ -47,7 +51,7 @@ if TYPE_CHECKING:
 
 CORPUS_PACKAGES = ("json", "email")
 TEST_LOSS_NAME = "clmkit_testing_loss"
-NO_DROPOUT = {"resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0}
+NO_DROPOUT: dict[str, Any] = {"resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0}
 
 
 # ---- tiny real data and models ------------------------------------------------------------------
@@ -130,54 +134,6 @@ def _write_distribution(site: Path, distribution: str, entry_point: str, value: 
     (info / "entry_points.txt").write_text(f"[clmkit]\n{entry_point} = {value}\n")
 
 
-def install_plugin_package(folder: str | Path, target: str | Path | None = None) -> None:
-    """pip-install the plugin package in ``folder``, without dependencies, into this interpreter or ``target``.
-
-    Into the interpreter, nothing happens when the installed distribution is the folder's as is:
-    same version, same ``clmkit`` entry points, same Python files byte for byte. ``target`` is a
-    folder to install into instead (``pip install --target``; put it on ``sys.path`` to use it).
-    The build is offline (``--no-build-isolation``) when this interpreter's setuptools can build wheels.
-    """
-    folder = Path(folder).resolve()
-    project = tomllib.loads((folder / "pyproject.toml").read_text(encoding="utf-8"))["project"]
-    if target is None and _installed_as_is(folder, project):
-        return
-    command = [sys.executable, "-m", "pip", "install", "--no-deps", "-q"]
-    if _setuptools_version() >= (70, 1):  # builds wheels without the `wheel` package
-        command.append("--no-build-isolation")
-    if target is not None:
-        command += ["--target", str(target)]
-    done = subprocess.run([*command, str(folder)], capture_output=True, text=True)
-    if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)} {folder} failed:\n{done.stdout}{done.stderr}")
-    importlib.invalidate_caches()
-
-
-def _setuptools_version() -> tuple[int, ...]:
-    try:
-        version = importlib.metadata.version("setuptools")
-    except importlib.metadata.PackageNotFoundError:
-        return ()
-    return tuple(int(part) for part in re.findall(r"\d+", version)[:2])
-
-
-def _installed_as_is(folder: Path, project: dict[str, Any]) -> bool:
-    try:
-        dist = importlib.metadata.distribution(project["name"])
-    except importlib.metadata.PackageNotFoundError:
-        return False
-    wanted = project.get("entry-points", {}).get("clmkit", {})
-    have = {ep.name: ep.value for ep in dist.entry_points if ep.group == "clmkit"}
-    if dist.version != project["version"] or have != wanted:
-        return False
-    root = folder / "src" if (folder / "src").is_dir() else folder
-    sources = {p.relative_to(root).as_posix() for p in root.rglob("*.py") if "tests" not in p.parts}
-    installed = {f.as_posix(): f for f in dist.files or [] if f.suffix == ".py"}
-    if set(installed) != sources:
-        return False
-    return all(Path(dist.locate_file(f)).read_bytes() == (root / name).read_bytes() for name, f in installed.items())
-
-
 # ---- the exactness check ------------------------------------------------------------------------
 
 
@@ -221,7 +177,7 @@ def _first_step(
     chunked_loss: bool = True,
 ) -> tuple[dict[str, Any], float]:
     """Train one optimizer step of a tiny dropout-free GPT-2; return its gradients and logged loss."""
-    from clmkit.trainer import ClmTrainer
+    from clmkit.training.trainer import ClmTrainer
 
     recorder = _gradient_recorder()
     args = tiny_args(
@@ -250,6 +206,13 @@ def _first_step(
     return recorder.grads, logged
 
 
+def _gradient_message(loss: object, name: str, detail: str) -> str:
+    return (
+        f"loss {loss!r}: the gradient of {name} differs between batch 32 and "
+        f"batch 8 x accumulation 4, so the loss is not exact under gradient accumulation. {detail}"
+    )
+
+
 def assert_exact_under_accumulation(
     loss: str | Callable[..., Any] | object,
     *,
@@ -271,10 +234,11 @@ def assert_exact_under_accumulation(
 
     import torch
 
-    from clmkit.losses import Loss
+    from clmkit.training.losses import Loss
 
     if not isinstance(loss, str):
-        factory = (lambda tokenizer=None: loss) if isinstance(loss, Loss) else loss
+        instance = loss
+        factory: Callable[..., Any] = (lambda tokenizer=None: instance) if isinstance(loss, Loss) else cast(Any, loss)
         plugins = [*plugins, _OneLoss(factory)]
         loss = TEST_LOSS_NAME
     tokenizer = tokenizer if tokenizer is not None else tiny_tokenizer()
@@ -301,10 +265,7 @@ def assert_exact_under_accumulation(
             grad,
             rtol=rtol,
             atol=atol,
-            msg=lambda m, name=name: (
-                f"loss {loss!r}: the gradient of {name} differs between batch 32 and "
-                f"batch 8 x accumulation 4, so the loss is not exact under gradient accumulation. {m}"
-            ),
+            msg=functools.partial(_gradient_message, loss, name),
         )
     assert small_loss == pytest.approx(big_loss, rel=rtol, abs=atol), (
         f"loss {loss!r}: logged training loss {small_loss} with batch 8 x accumulation 4, {big_loss} with batch 32"
@@ -338,8 +299,15 @@ def clmkit_model(clmkit_tokenizer: PreTrainedTokenizerBase) -> Callable[..., Pre
 
 @pytest.fixture
 def clmkit_args(tmp_path: Path) -> Callable[..., ClmTrainingArguments]:
-    """``make(**overrides)``: ``ClmTrainingArguments`` for a quick, quiet CPU run in ``tmp_path``."""
-    return functools.partial(tiny_args, tmp_path / "out")
+    """``make(**overrides)``: ``ClmTrainingArguments`` for a quick, quiet CPU run in ``tmp_path / "out"``.
+
+    Any field can be overridden, ``output_dir`` included.
+    """
+
+    def make(**overrides: Any) -> ClmTrainingArguments:
+        return tiny_args(overrides.pop("output_dir", tmp_path / "out"), **overrides)
+
+    return make
 
 
 @pytest.fixture

@@ -43,17 +43,16 @@ def load_inputs(workdir: Path) -> tuple[Any, dict[str, Any]]:
 
 
 def tiny_model(tokenizer: Any, dropout: float = 0.0) -> torch.nn.Module:
-    """The 2-layer, 64-dim GPT-2 of the tests, seeded; no dropout by default, so paths and layouts compare."""
-    from clmkit.models import build_model, gpt2_config
+    """The kit's 2-layer, 64-dim GPT-2, seed 0; no dropout by default, so paths and layouts compare."""
+    from clmkit.testing import NO_DROPOUT
+    from clmkit.testing import tiny_model as kit_tiny_model
 
-    torch.manual_seed(0)
-    rates = {"resid_pdrop": dropout, "embd_pdrop": dropout, "attn_pdrop": dropout}
-    return build_model(gpt2_config("test", len(tokenizer), CONTEXT, tokenizer.eos_token_id, rates))
+    return kit_tiny_model(tokenizer, CONTEXT, seed=0, **dict.fromkeys(NO_DROPOUT, dropout))
 
 
 def runner(path: str, **kwargs: Any) -> Any:
     """A ``ClmTrainer`` (``path="trainer"``) or a ``ClmLoop`` (``path="loop"``) built from the same keywords."""
     from clmkit import ClmTrainer
-    from clmkit.loop import ClmLoop
+    from clmkit.training.loop import ClmLoop
 
     return {"trainer": ClmTrainer, "loop": ClmLoop}[path](**kwargs)

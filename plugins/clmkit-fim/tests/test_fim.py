@@ -35,6 +35,13 @@ def split(tokens, sentinels):
 
 
 @pytest.fixture
+def fim_tokenizer(clmkit_tokenizer):
+    """The test tokenizer with the FIM sentinels, as the plugin's clmkit_prepare_model leaves it."""
+    prepare(clmkit_tokenizer)
+    return clmkit_tokenizer
+
+
+@pytest.fixture
 def documents(clmkit_tokenizer, clmkit_corpus):
     """400 token documents of 5 to 80 tokens cut from real code."""
     stream = [t for text in clmkit_corpus for t in encode(clmkit_tokenizer, text)]
@@ -44,20 +51,20 @@ def documents(clmkit_tokenizer, clmkit_corpus):
 
 
 @pytest.mark.parametrize("spm_rate", [0.0, 1.0])
-def test_rearranged_documents_keep_every_character_in_the_chosen_order(clmkit_tokenizer, clmkit_corpus, spm_rate):
-    chunker = FillInTheMiddle(clmkit_tokenizer, 64, rate=1.0, spm_rate=spm_rate)
-    decode = clmkit_tokenizer.decode
+def test_rearranged_documents_keep_every_character_in_the_chosen_order(fim_tokenizer, clmkit_corpus, spm_rate):
+    chunker = FillInTheMiddle(fim_tokenizer, 64, rate=1.0, spm_rate=spm_rate)
+    decode = fim_tokenizer.decode
     cuts = []
     for text in clmkit_corpus[:8]:
-        order, prefix, suffix, middle = split(chunker.permute(encode(clmkit_tokenizer, text)), chunker.sentinels)
+        order, prefix, suffix, middle = split(chunker.permute(encode(fim_tokenizer, text)), chunker.sentinels)
         assert order == ("spm" if spm_rate else "psm")
         assert decode(prefix) + decode(middle) + decode(suffix) == text
         cuts.append(len(decode(suffix)))
     assert len(set(cuts)) > 4, "split positions should vary from document to document"
 
 
-def test_rates_are_the_fractions_of_documents_rearranged_and_in_spm(clmkit_tokenizer, documents):
-    chunker = FillInTheMiddle(clmkit_tokenizer, 64, rate=0.5, spm_rate=0.25)
+def test_rates_are_the_fractions_of_documents_rearranged_and_in_spm(fim_tokenizer, documents):
+    chunker = FillInTheMiddle(fim_tokenizer, 64, rate=0.5, spm_rate=0.25)
     outputs = [chunker.permute(doc) for doc in documents]
     rearranged = [out for out, doc in zip(outputs, documents, strict=True) if out != doc]
     spm = [out for out in rearranged if out[1] == chunker.sentinels.suffix]
@@ -66,27 +73,33 @@ def test_rates_are_the_fractions_of_documents_rearranged_and_in_spm(clmkit_token
     assert all(out == doc for out, doc in zip(outputs, documents, strict=True) if chunker.sentinels.prefix not in out)
 
 
-def test_the_same_seed_and_tokens_give_the_same_result_whatever_the_batch(clmkit_tokenizer, documents):
-    chunker = FillInTheMiddle(clmkit_tokenizer, 64, seed=3)
+def test_the_same_seed_and_tokens_give_the_same_result_whatever_the_batch(fim_tokenizer, documents):
+    chunker = FillInTheMiddle(fim_tokenizer, 64, seed=3)
     alone = chunker({"input_ids": documents[7:8]})["input_ids"]
-    again = FillInTheMiddle(clmkit_tokenizer, 64, seed=3)({"input_ids": documents[7:8]})["input_ids"]
+    again = FillInTheMiddle(fim_tokenizer, 64, seed=3)({"input_ids": documents[7:8]})["input_ids"]
     assert alone == again
     assert [chunker.permute(d) for d in documents[:50]] == [chunker.permute(d) for d in documents[:50]]
-    in_batch = FillInTheMiddle(clmkit_tokenizer, 64, seed=3)({"input_ids": [documents[7], *documents[:7]]})
+    in_batch = FillInTheMiddle(fim_tokenizer, 64, seed=3)({"input_ids": [documents[7], *documents[:7]]})
     stream = [t for block in in_batch["input_ids"] for t in block]
     expected = chunker.permute(documents[7])
     assert stream[: len(expected)] == expected  # first in the stream, so not in the dropped tail
-    other = FillInTheMiddle(clmkit_tokenizer, 64, seed=4)
+    other = FillInTheMiddle(fim_tokenizer, 64, seed=4)
     assert [other.permute(d) for d in documents[:50]] != [chunker.permute(d) for d in documents[:50]]
 
 
 def test_rate_zero_is_concat_and_the_sentinels_are_added_once(clmkit_tokenizer, documents):
     before = len(clmkit_tokenizer)
+    sentinels = prepare(clmkit_tokenizer)
+    assert len(clmkit_tokenizer) == before + 3
     fim = FillInTheMiddle(clmkit_tokenizer, 64, rate=0.0)
-    assert len(clmkit_tokenizer) == before + 3
     assert fim({"input_ids": documents}) == Concat(clmkit_tokenizer, 64)({"input_ids": documents})
-    assert prepare(clmkit_tokenizer) == fim.sentinels
+    assert prepare(clmkit_tokenizer) == fim.sentinels == sentinels
     assert len(clmkit_tokenizer) == before + 3
+
+
+def test_a_tokenizer_without_sentinels_is_refused_with_the_fix(clmkit_tokenizer):
+    with pytest.raises(DataError, match=r"clmkit_fim.prepare\(tokenizer, model\)"):
+        FillInTheMiddle(clmkit_tokenizer, 64)
 
 
 @pytest.mark.parametrize("kwargs", [{"rate": 1.5}, {"spm_rate": -0.1}, {"seed": -1}])

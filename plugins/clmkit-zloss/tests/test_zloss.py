@@ -11,8 +11,8 @@ from clmkit_zloss import LabelSmoothing, ZLoss
 from clmkit import ClmTrainer
 from clmkit.builtins.collators import CausalCollator
 from clmkit.errors import ConfigError
-from clmkit.heads import forward_for_loss
 from clmkit.testing import assert_exact_under_accumulation, padded_examples
+from clmkit.training.forward import forward_for_loss
 
 
 @pytest.fixture

@@ -5,9 +5,9 @@ from __future__ import annotations
 from itertools import chain
 from typing import Any
 
-from clmkit.chunking import Chunker
+from clmkit.data.chunking import Chunker
+from clmkit.data.packing import best_fit_decreasing
 from clmkit.hookspecs import Register, hookimpl
-from clmkit.packing import best_fit_decreasing
 
 
 class Overflow(Chunker):
@@ -52,7 +52,7 @@ class Packed(Chunker):
     document or piece, so with a boundary-aware collator a document attends only to itself and
     its first token is not a target. Packing sees one ``datasets.map`` batch (1,000 documents) at
     a time, which bounds its memory on streams. Rows may be shorter than the context: the fill
-    rate (real tokens / slots) is logged and reported by ``clmkit.preparation.compare_chunkers``.
+    rate (real tokens / slots) is logged and reported by ``clmkit.data.preparation.compare_chunkers``.
     """
 
     adds_eos = True

@@ -7,13 +7,13 @@ from typing import Any
 
 import torch
 
-from clmkit.cross_entropy import IGNORE_INDEX
 from clmkit.errors import DataError
 from clmkit.hookspecs import Register, hookimpl
+from clmkit.training.cross_entropy import IGNORE_INDEX
 
 
 class CausalCollator:
-    """The seed's ``DataCollatorForLanguageModeling(mlm=False)`` with pad = EOS, done right.
+    """The course recipe's ``DataCollatorForLanguageModeling(mlm=False)`` with pad = EOS, done right.
 
     Labels are the input ids, ``-100`` only at padding positions (known from the lengths, not
     from the token id), so a real EOS stays a target and the model learns to end documents.
@@ -21,7 +21,7 @@ class CausalCollator:
 
     It keeps document boundaries: where ``position_ids`` restart at 0 inside a row (a new document
     of a packed row), that token's label is ``-100`` too — nothing before it in the row belongs to
-    its document — and ``clmkit.packing.model_inputs`` makes the model attend within documents.
+    its document — and ``clmkit.data.packing.model_inputs`` makes the model attend within documents.
     """
 
     supports_document_boundaries = True

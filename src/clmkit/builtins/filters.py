@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 
-from clmkit.filters import DocumentFilter
+from clmkit.data.filters import DocumentFilter
 from clmkit.hookspecs import Register, hookimpl
 
 COURSE_KEYWORDS = ("pandas", "sklearn", "matplotlib", "seaborn")

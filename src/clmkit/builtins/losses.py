@@ -11,7 +11,7 @@ from torch import Tensor
 
 from clmkit.errors import ConfigError
 from clmkit.hookspecs import Register, hookimpl
-from clmkit.losses import Loss
+from clmkit.training.losses import Loss
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ class KeyToken(Loss):
     Each sample's mean token loss ``l_i`` is weighted by ``w_i = 1 + alpha * c_i``, where ``c_i``
     counts key tokens among the sample's *targets*; the loss is ``sum w_i l_i / sum w_i`` over
     the window, so ``alpha`` changes the emphasis, not the scale. ``normalize="course"``
-    reproduces the seed's ``keytoken_weighted_loss`` number for number: weights
+    reproduces the course recipe's ``keytoken_weighted_loss`` number for number: weights
     ``alpha * (1 + count over every labelled input position, position 0 included)``, per-sample
     means over the sample's targets, divided by the number of samples. On the course's unpadded
     batches that is all ``T-1`` positions; on padded ones, padding never changes a sample's loss,

@@ -34,7 +34,8 @@ def decay_except_bias_and_norm(model: nn.Module, weight_decay: float) -> list[di
             full = f"{module_name}.{param_name}" if module_name else param_name
             if param_name == "bias" or is_norm(module):
                 no_decay.add(full)
-    decay, plain = [], []
+    decay: list[nn.Parameter] = []
+    plain: list[nn.Parameter] = []
     for name, param in model.named_parameters():  # tied weights are listed once
         if param.requires_grad:
             (plain if name in no_decay else decay).append(param)

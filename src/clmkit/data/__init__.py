@@ -1,1 +1,3 @@
-"""Corpora and tokenizers that exist locally: the embedded default corpus, files, directories."""
+"""The data wing, in the order data flows: ``corpus`` and ``sources`` (raw text and where it comes from),
+``tokenizer``, ``filters``, ``chunking`` (tokenize, then cut into examples), ``packing``, ``streaming`` and
+``mixtures``, and ``preparation``, which runs them once for a training run."""

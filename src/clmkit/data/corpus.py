@@ -11,7 +11,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import sysconfig
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,20 +30,23 @@ VALIDATION_SPLIT_NAMES = ("validation", "valid", "test")
 
 @dataclass(frozen=True)
 class Corpus:
-    """A raw text corpus: ``splits["train"]`` and ``splits["validation"]``, text in ``text_column``."""
+    """The splits a run trains and evaluates on, and where they came from.
 
-    splits: DatasetDict
-    text_column: str
-    source: str
-    non_utf8_files: int = 0
+    ``splits["train"]`` is raw text (a ``Dataset``, a stream, or a ``Mixture``) or examples made by
+    ``clmkit prepare``; ``splits["validation"]`` is a ``Dataset``. ``info`` says where the corpus came
+    from and how many documents each split holds (written to ``metrics.json`` and the model card);
+    ``tokenizer`` is the one a prepared folder was made with, else ``None``.
+    """
 
-    def describe(self) -> dict[str, Any]:
-        """Where the corpus came from and how many documents each split holds."""
-        return {
-            "source": self.source,
-            "documents": {name: len(split) for name, split in self.splits.items()},
-            "non_utf8_files": self.non_utf8_files,
-        }
+    splits: Mapping[str, Any]
+    info: dict[str, Any]
+    tokenizer: Any = None
+
+    @classmethod
+    def of(cls, splits: Mapping[str, Any], source: str, non_utf8_files: int = 0) -> Corpus:
+        """A raw corpus of in-memory splits, its ``info`` counted from them."""
+        documents = {name: len(split) for name, split in splits.items()}
+        return cls(splits, {"source": source, "documents": documents, "non_utf8_files": non_utf8_files})
 
 
 def stdlib_root() -> Path:
@@ -144,7 +147,7 @@ def _files_as_corpus(
         train=Dataset.from_dict({k: [v for v, m in zip(col, valid, strict=True) if not m] for k, col in rows.items()}),
         validation=Dataset.from_dict({k: [v for v, m in zip(col, valid, strict=True) if m] for k, col in rows.items()}),
     )
-    return Corpus(splits, text_column, label, non_utf8)
+    return Corpus.of(splits, label, non_utf8)
 
 
 def data_files_corpus(files: Sequence[Path], text_column: str, valid_percentage: float, label: str) -> Corpus:
@@ -168,7 +171,7 @@ def data_files_corpus(files: Sequence[Path], text_column: str, valid_percentage:
     _check_text_column(dataset, text_column, label)
     if len(dataset) == 0 or not any(dataset[text_column]):
         raise DataError(f"the corpus {label!r} is empty: no row holds text. Point at real data.")
-    return Corpus(split_by_text(dataset, text_column, valid_percentage), text_column, label)
+    return Corpus.of(split_by_text(dataset, text_column, valid_percentage), label)
 
 
 @contextmanager
@@ -201,8 +204,8 @@ def hub_corpus(name: str, text_column: str, valid_percentage: float) -> Corpus:
     _check_text_column(loaded["train"], text_column, name)
     for split in VALIDATION_SPLIT_NAMES:
         if split in loaded:
-            return Corpus(DatasetDict(train=loaded["train"], validation=loaded[split]), text_column, name)
-    return Corpus(split_by_text(loaded["train"], text_column, valid_percentage), text_column, name)
+            return Corpus.of(DatasetDict(train=loaded["train"], validation=loaded[split]), name)
+    return Corpus.of(split_by_text(loaded["train"], text_column, valid_percentage), name)
 
 
 def _check_text_column(dataset: Dataset, text_column: str, label: str) -> None:

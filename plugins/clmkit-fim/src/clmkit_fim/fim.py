@@ -20,7 +20,6 @@ from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
-from transformers import TrainerCallback
 
 from clmkit.builtins.chunkers import Concat
 from clmkit.errors import ConfigError, DataError
@@ -39,7 +38,8 @@ class Sentinels(NamedTuple):
 def prepare(tokenizer: Any, model: Any = None) -> Sentinels:
     """Add the FIM sentinels to ``tokenizer`` (once) and grow ``model``'s token embeddings to match.
 
-    Call it before building the optimizer; ``ClmTrainer`` with ``chunker="fim"`` does it for you.
+    Call it before building the optimizer; ``ClmTrainer`` and ``ClmLoop`` do it for you when a run uses the
+    ``fim`` chunker (hook ``clmkit_prepare_model``).
     """
     tokenizer.add_special_tokens(
         {"extra_special_tokens": [FIM_PREFIX, FIM_SUFFIX, FIM_MIDDLE]}, replace_extra_special_tokens=False
@@ -68,8 +68,8 @@ class FillInTheMiddle(Concat):
     rearranged, ``spm_rate`` (default 0.5) the probability that a rearranged one uses SPM order
     rather than PSM, ``seed`` (default 0) makes the choice reproducible: each document draws from
     a generator seeded by ``seed`` and a hash of its tokens, so the result does not depend on
-    batching, worker processes or order, and ``datasets`` caching stays valid. Building the
-    chunker adds the sentinels to the tokenizer (``prepare``).
+    batching, worker processes or order, and ``datasets`` caching stays valid. The tokenizer must hold
+    the sentinels already: the plugin's ``clmkit_prepare_model`` adds them (or call ``prepare``).
     """
 
     def __init__(
@@ -82,7 +82,7 @@ class FillInTheMiddle(Concat):
             raise ConfigError(f"fim seed must be a non-negative integer, got {seed!r}. Fix chunker_kwargs.")
         super().__init__(tokenizer, context_length)
         self.rate, self.spm_rate, self.seed = rate, spm_rate, seed
-        self.sentinels = prepare(tokenizer)
+        self.sentinels = sentinel_ids(tokenizer)
 
     def __call__(self, batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
         return super().__call__({"input_ids": [self.permute(ids) for ids in batch["input_ids"]]})
@@ -104,16 +104,3 @@ class FillInTheMiddle(Concat):
     def _rng(self, ids: Sequence[int]) -> np.random.Generator:
         digest = hashlib.blake2b(np.asarray(ids, dtype=np.int64).tobytes(), digest_size=8).digest()
         return np.random.default_rng([self.seed, int.from_bytes(digest, "little")])
-
-
-class ResizeEmbeddings(TrainerCallback):
-    """Grows the model's token embeddings to the tokenizer's sentinels at the end of ``Trainer.__init__``.
-
-    That moment comes after the ``fim`` chunker added the sentinels and before any optimizer
-    exists, so the new rows are trained like every other parameter.
-    """
-
-    def on_init_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        model, tokenizer = kwargs.get("model"), kwargs.get("processing_class")
-        if model is not None and tokenizer is not None:
-            prepare(tokenizer, model)

@@ -1,10 +1,7 @@
-"""Built-in callbacks: token accounting that survives resume."""
+"""Token accounting: how many token slots, real tokens and target tokens a run has trained on, kept across resume."""
 
 from __future__ import annotations
 
-import signal
-import sys
-import threading
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -13,7 +10,7 @@ import torch
 from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
-from clmkit.cross_entropy import IGNORE_INDEX
+from clmkit.training.cross_entropy import IGNORE_INDEX
 
 
 class TokenCounter(TrainerCallback, ExportableState):
@@ -74,46 +71,3 @@ class TokenCounter(TrainerCallback, ExportableState):
             "token_slots_seen": self.slots,
             "tokens_per_second": round(self._session_tokens / elapsed, 1) if elapsed > 0 else 0.0,
         }
-
-
-class SaveOnInterrupt(TrainerCallback):
-    """Ctrl-C during training: finish the optimizer step, save a checkpoint, then raise ``KeyboardInterrupt``.
-
-    Use it as a context manager around ``trainer.train()`` (``with SaveOnInterrupt() as cb:
-    trainer.add_callback(cb); trainer.train()``): it handles SIGINT only inside the block and only
-    in the main thread, so a later Ctrl-C behaves as usual. A second Ctrl-C interrupts at once.
-    The checkpoint is written even with ``save_strategy="no"``; resume with
-    ``trainer.train(resume_from_checkpoint=...)``.
-    """
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous: Any = None
-
-    def __enter__(self) -> SaveOnInterrupt:
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-            self._previous = None
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-        print(
-            "\nclmkit: interrupted; saving a checkpoint after this optimizer step (Ctrl-C again stops at once)",
-            file=sys.stderr,
-        )
-
-    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        if self.requested:
-            control.should_save = True
-            control.should_training_stop = True
-
-    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        if self.requested:
-            raise KeyboardInterrupt

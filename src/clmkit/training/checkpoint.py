@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from torch import nn
+from transformers import PreTrainedModel
 from transformers.trainer_utils import get_last_checkpoint
 
 from clmkit.args import ClmTrainingArguments
@@ -29,7 +29,7 @@ class CheckpointError(ClmkitError):
 
 
 def run_settings(
-    model: nn.Module, args: ClmTrainingArguments, tokenizer: Any, num_processes: int
+    model: PreTrainedModel, args: ClmTrainingArguments, tokenizer: Any, num_processes: int
 ) -> dict[str, dict[str, Any]]:
     """What a run must share with a checkpoint to resume it exactly: model, data preparation, and data order."""
     config = {k: v for k, v in model.config.to_diff_dict().items() if k not in _VOLATILE_CONFIG_KEYS}

@@ -10,8 +10,8 @@ import torch
 from accelerate.utils import extract_model_from_parallel
 from torch import Tensor, nn
 
-from clmkit.losses import LossInputs
-from clmkit.packing import model_inputs as packed_model_inputs
+from clmkit.data.packing import model_inputs as packed_model_inputs
+from clmkit.training.losses import LossInputs
 
 
 def output_linear(model: nn.Module) -> nn.Linear | None:

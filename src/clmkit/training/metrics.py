@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from clmkit.cross_entropy import IGNORE_INDEX, token_statistics
-from clmkit.losses import LossInputs
+from clmkit.training.cross_entropy import IGNORE_INDEX, token_statistics
+from clmkit.training.losses import LossInputs
 
 
 def token_byte_lengths(tokenizer: Any) -> Tensor:

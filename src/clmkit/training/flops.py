@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from transformers import PreTrainedModel
 
 # Dense peak TFLOP/s per device from the vendors' datasheets: (bf16/fp16 tensor cores, plain fp32).
 # Matched in order against torch.cuda.get_device_name(), so longer names come first.
@@ -36,14 +37,15 @@ GPU_PEAK_TFLOPS: tuple[tuple[str, float, float], ...] = (
 
 def matmul_parameters(model: nn.Module) -> int:
     """``N``: parameters that multiply activations, the output projection counted once."""
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    getter = getattr(model, "get_output_embeddings", None)
+    head = getter() if callable(getter) else None
     head_weight = getattr(head, "weight", None)
     lookups = {id(p) for m in model.modules() if isinstance(m, nn.Embedding) for p in m.parameters(recurse=False)}
     lookups.discard(id(head_weight))
     return sum(p.numel() for p in model.parameters() if id(p) not in lookups)
 
 
-def flops_per_token(model: nn.Module, context_length: int) -> float:
+def flops_per_token(model: PreTrainedModel, context_length: int) -> float:
     """Training FLOPs per token, ``6 N + 12 L H Q T``, for sequences of ``context_length`` tokens."""
     config = model.config
     layers = config.num_hidden_layers

@@ -7,7 +7,6 @@ applied in order. A document removed by one filter is not seen by the next.
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -15,12 +14,12 @@ from typing import TYPE_CHECKING, Any
 
 from datasets import Dataset, IterableDataset
 
-from clmkit.errors import ConfigError, DataError
+from clmkit.args import FilterSpec
+from clmkit.errors import DataError
 
 if TYPE_CHECKING:
     from clmkit.plugins import Plugins
 
-FilterSpec = tuple[str, dict[str, Any]]
 BATCH_SIZE = 1000
 
 
@@ -116,46 +115,6 @@ class FilterChain:
                 f"{report} of the {split} split: it removed every document. "
                 f"Loosen its arguments, or remove {report.name!r} from filters."
             )
-
-
-def parse_filter_specs(value: str | Sequence[Any] | None) -> list[FilterSpec]:
-    """``filters`` as ``[(name, kwargs), ...]``: from a list of names / ``{name: kwargs}``, JSON, or ``a,b``."""
-    if value is None:
-        return []
-    if isinstance(value, str):
-        text = value.strip()
-        if text.startswith(("[", "{")):
-            try:
-                value = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise ConfigError(
-                    f"filters is not valid JSON ({exc.msg} at column {exc.colno}): {value!r}. "
-                    'Write e.g. \'["exact_dedup", {"keywords": {"words": ["pandas"]}}]\' or exact_dedup,code_quality.'
-                ) from None
-        else:
-            value = [name.strip() for name in text.split(",") if name.strip()]
-    if isinstance(value, Mapping):
-        value = [{name: kwargs} for name, kwargs in value.items()]
-    specs: list[FilterSpec] = []
-    for item in value:
-        if isinstance(item, str):
-            specs.append((item, {}))
-        elif isinstance(item, Mapping) and len(item) == 1:
-            ((name, kwargs),) = item.items()
-            if not isinstance(kwargs, Mapping):
-                raise ConfigError(f"filter {name!r} needs a mapping of keyword arguments, got {kwargs!r}.")
-            specs.append((str(name), dict(kwargs)))
-        else:
-            raise ConfigError(
-                f"filters item {item!r} is neither a filter name nor a one-key mapping {{name: kwargs}}. "
-                'Write e.g. ["exact_dedup", {"code_quality": {"max_line_length": 500}}].'
-            )
-    return specs
-
-
-def canonical_filters(value: str | Sequence[Any] | None) -> list[str | dict[str, dict[str, Any]]]:
-    """``filters`` in the form that round-trips through JSON and YAML: names, or ``{name: kwargs}`` when set."""
-    return [name if not kwargs else {name: kwargs} for name, kwargs in parse_filter_specs(value)]
 
 
 def build_filters(plugins: Plugins, specs: Sequence[FilterSpec]) -> FilterChain:

@@ -60,7 +60,7 @@ def _softmax_(logits: Tensor) -> Tensor:
 
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, token_weights, chunk_size, z_loss, label_smoothing):  # type: ignore[override]
+    def forward(ctx, hidden, weight, bias, targets, token_weights, chunk_size, z_loss, label_smoothing):
         need_hidden, need_weight, need_bias = ctx.needs_input_grad[:3]  # a frozen head costs no weight gradient
         needs_grad = need_hidden or need_weight or need_bias
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
@@ -102,7 +102,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         return total
 
     @staticmethod
-    def backward(ctx, grad_output):  # type: ignore[override]
+    def backward(ctx, grad_output):
         grad_hidden, grad_weight, grad_bias = ctx.saved_tensors
         h_dtype, w_dtype, b_dtype = ctx.dtypes
         scale = grad_output.float()

@@ -3,19 +3,19 @@
 A loss returns the sum of its per-item losses for one micro-batch and that micro-batch's share
 of the normalizer. clmkit adds up the normalizer over the whole gradient-accumulation window and
 all processes before dividing, which makes every loss exact under accumulation and data
-parallelism (the seed's fifth flaw).
+parallelism (the course recipe divides each micro-batch by its own count).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
 
-from clmkit.cross_entropy import IGNORE_INDEX, linear_cross_entropy, logits_cross_entropy
+from clmkit.training.cross_entropy import IGNORE_INDEX, linear_cross_entropy, logits_cross_entropy
 
 
 @dataclass
@@ -107,3 +107,11 @@ def loss_from_inputs(loss: Loss, inputs: LossInputs, normalizer: Tensor) -> Tens
     """``loss_sum / normalizer``, with an all-ignored window giving a zero loss rather than NaN."""
     total = loss.loss_sum(inputs)
     return total / torch.clamp(normalizer.to(total.device), min=torch.finfo(torch.float32).tiny)
+
+
+def window_normalizer(loss: Loss, batches: Sequence[Mapping[str, Tensor]], accelerator: Any) -> Tensor:
+    """The loss normalizer of one accumulation window: summed over its micro-batches and over all processes."""
+    total = torch.stack([loss.normalizer(b).to(accelerator.device) for b in batches]).sum()
+    if accelerator.num_processes > 1:
+        total = accelerator.gather(total.reshape(1)).sum()
+    return total

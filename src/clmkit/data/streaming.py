@@ -13,8 +13,8 @@ from typing import Any
 
 from datasets import IterableDataset
 
+from clmkit.data.filters import FilterChain
 from clmkit.errors import ConfigError, DataError
-from clmkit.filters import FilterChain
 
 
 def check_streaming_steps(train_examples: Any, max_steps: int) -> None:

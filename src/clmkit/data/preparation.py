@@ -10,24 +10,39 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, TypeAlias
 
 import pyarrow.compute as pc
 from datasets import Dataset, Features, IterableDataset, List, Value, interleave_datasets
 
-from clmkit.args import ClmTrainingArguments
-from clmkit.chunking import Chunker, ChunkStats, chunk_dataset, chunk_stats, column_names, tokenize_documents
+from clmkit.args import ClmTrainingArguments, parse_filter_specs
+from clmkit.data.chunking import Chunker, ChunkStats, chunk_dataset, chunk_stats, column_names, tokenize_documents
+from clmkit.data.filters import FilterChain, FilterReport, build_filters, filter_documents
+from clmkit.data.mixtures import Mixture, Source
+from clmkit.data.packing import require_boundary_collator
+from clmkit.data.streaming import check_stream_not_empty, check_streaming_steps
 from clmkit.errors import ConfigError, DataError
-from clmkit.filters import FilterChain, FilterReport, build_filters, filter_documents, parse_filter_specs
-from clmkit.mixtures import Mixture, Source
-from clmkit.packing import require_boundary_collator
 from clmkit.plugins import Plugins
-from clmkit.streaming import check_stream_not_empty, check_streaming_steps
 
 logger = logging.getLogger(__name__)
 
-RawData = Dataset | IterableDataset | Mixture | Sequence[Source]
+RawData: TypeAlias = Dataset | IterableDataset | Mixture | Sequence[Source]
+
+
+@dataclass
+class PreparedData:
+    """A run's datasets as examples, and what preparing them counted.
+
+    ``stats`` holds a ``ChunkStats`` per split that is not a stream (``"train"``, ``"eval"`` or
+    ``"eval_<name>"``, and ``"train/<source>"`` per mixture source); ``filter_reports`` a list of
+    ``FilterReport`` per split that ran filters.
+    """
+
+    train: Dataset | IterableDataset | None
+    eval: Dataset | IterableDataset | dict[str, Dataset | IterableDataset | None] | None
+    stats: dict[str, ChunkStats] = field(default_factory=dict)
+    filter_reports: dict[str, list[FilterReport]] = field(default_factory=dict)
 
 
 def prepare_datasets(
@@ -36,23 +51,28 @@ def prepare_datasets(
     tokenizer: Any,
     args: ClmTrainingArguments,
     chunker: Chunker,
-    stats: dict[str, ChunkStats],
     *,
     plugins: Plugins,
     collator: Any,
-    filter_reports: dict[str, list[FilterReport]] | None = None,
-) -> tuple[Dataset | IterableDataset | None, Dataset | IterableDataset | dict[str, Any] | None]:
-    """Prepare the train split and the eval split (or named eval splits) once; record their statistics.
-
-    ``stats`` receives a ``ChunkStats`` per split (and per mixture source, ``"train/<name>"``) that
-    is not a stream; ``filter_reports`` a list of ``FilterReport`` per split that ran filters.
-    """
-    preparer = Preparer(tokenizer, args, plugins, collator, stats, {} if filter_reports is None else filter_reports)
-    train = preparer.prepare(train_dataset, chunker, "train")
-    check_streaming_steps(train, args.max_steps)
+) -> PreparedData:
+    """Prepare the train split and the eval split (or named eval splits) once, with their statistics."""
+    prepared = PreparedData(None, None)
+    preparer = Preparer(tokenizer, args, plugins, collator, prepared.stats, prepared.filter_reports)
+    prepared.train = preparer.prepare(train_dataset, chunker, "train")
+    check_streaming_steps(prepared.train, args.max_steps)
     if isinstance(eval_dataset, Mapping):
-        return train, {k: preparer.prepare(v, chunker, f"eval_{k}") for k, v in eval_dataset.items()}
-    return train, preparer.prepare(eval_dataset, chunker, "eval")
+        prepared.eval = {k: preparer.prepare(v, chunker, f"eval_{k}") for k, v in eval_dataset.items()}
+    else:
+        prepared.eval = preparer.prepare(eval_dataset, chunker, "eval")
+    return prepared
+
+
+def chunker_names(dataset: object, default: str) -> list[str]:
+    """The chunker names preparing ``dataset`` uses: ``default``, or each mixture source's (``default`` if unset)."""
+    if isinstance(dataset, Mixture | list | tuple):
+        sources = dataset.sources if isinstance(dataset, Mixture) else dataset
+        return sorted({getattr(s, "chunker", None) or default for s in sources})
+    return [default]
 
 
 @dataclass
@@ -81,6 +101,11 @@ class Preparer:
             return None
         if isinstance(dataset, Mixture | list | tuple):
             return self.prepare_mixture(dataset if isinstance(dataset, Mixture) else Mixture(dataset), split)
+        if not isinstance(dataset, Dataset | IterableDataset):
+            raise DataError(
+                f"the {split} dataset is a {type(dataset).__name__}; clmkit trains on a datasets.Dataset, "
+                "IterableDataset or clmkit.Mixture. Wrap the texts, e.g. Dataset.from_dict({'content': texts})."
+            )
         args = self.args
         text_column = (source and source.text_column) or args.text_column
         specs = parse_filter_specs(source.filters if source and source.filters is not None else args.filters)

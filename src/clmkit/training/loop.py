@@ -1,11 +1,11 @@
-"""The Accelerate manual loop: the seed's second path, over the same registries and arguments as ClmTrainer.
+"""The Accelerate manual loop: the course recipe's second path, over the same assembly as ClmTrainer.
 
-``ClmLoop.train`` is the whole loop, readable top to bottom. It fixes the course loop (DESIGN.md,
-item 3): the LR schedule counts optimizer steps; the logged loss is per target token; gradients
-are all-reduced once per accumulation window (``accelerator.accumulate``); the loss normalizer
-spans the window and every process, so a step equals one big batch; evaluation is token-weighted
-and gathered without the padded duplicates. It runs unchanged under ``torchrun`` and ``accelerate
-launch`` (DDP, FSDP or DeepSpeed come from the accelerate config, see docs/distributed.md).
+``ClmLoop.train`` is the whole loop, readable top to bottom. It fixes the course loop: the LR
+schedule counts optimizer steps; the logged loss is per target token; gradients are all-reduced
+once per accumulation window (``accelerator.accumulate``); the loss normalizer spans the window
+and every process, so a step equals one big batch; evaluation is token-weighted and gathered
+without the padded duplicates. It runs unchanged under ``torchrun`` and ``accelerate launch``
+(DDP, FSDP or DeepSpeed come from the accelerate config, see docs/distributed.md).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import shutil
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from accelerate import Accelerator
@@ -27,7 +27,7 @@ from datasets import Dataset, IterableDataset
 from huggingface_hub import create_repo, upload_folder
 from torch import nn
 from torch.utils.data import DataLoader, RandomSampler, SequentialSampler
-from transformers import Trainer, TrainerCallback, get_scheduler
+from transformers import PreTrainedModel, Trainer, TrainerCallback, get_scheduler
 from transformers.integrations import get_reporting_integration_callbacks
 from transformers.trainer import TRAINER_STATE_NAME, TRAINING_ARGS_NAME
 from transformers.trainer_callback import (
@@ -39,6 +39,7 @@ from transformers.trainer_callback import (
     TrainerControl,
     TrainerState,
 )
+from transformers.trainer_pt_utils import AcceleratorConfig
 from transformers.trainer_utils import (
     PREFIX_CHECKPOINT_DIR,
     TrainOutput,
@@ -49,67 +50,15 @@ from transformers.trainer_utils import (
 )
 
 from clmkit.args import ClmTrainingArguments
-from clmkit.builtins.callbacks import TokenCounter
-from clmkit.checkpoint import find_checkpoint, read_checkpoint, run_settings, write_checkpoint_state
-from clmkit.chunking import ChunkStats
 from clmkit.errors import ConfigError
-from clmkit.filters import FilterReport
-from clmkit.heads import forward_for_loss
-from clmkit.losses import loss_from_inputs
-from clmkit.metrics import ClmMetrics, sample_statistics, token_byte_lengths
-from clmkit.plugins import Plugins
-from clmkit.preparation import prepare_datasets
-from clmkit.trainer import NonFiniteLossError, build_components, check_tokenizer_and_model, window_normalizer
+from clmkit.training import components
+from clmkit.training.checkpoint import find_checkpoint, read_checkpoint, run_settings, write_checkpoint_state
+from clmkit.training.flops import MfuMeter
+from clmkit.training.forward import forward_for_loss
+from clmkit.training.loop_options import trainer_only_options
+from clmkit.training.losses import loss_from_inputs, window_normalizer
 
 logger = logging.getLogger(__name__)
-
-
-def trainer_only_options(args: ClmTrainingArguments) -> list[str]:
-    """The options set in ``args`` that only ``ClmTrainer`` implements, each with what to do instead."""
-    accelerate_config = "accelerate launch --config_file docs/accelerate_configs/"
-    checks = [
-        ("deepspeed", bool(args.deepspeed), f"give DeepSpeed to accelerate: {accelerate_config}deepspeed_zero2.yaml"),
-        ("fsdp", bool(args.fsdp), f"give FSDP to accelerate: {accelerate_config}fsdp.yaml"),
-        ("parallelism_config", args.parallelism_config is not None, "use data parallelism: DDP, FSDP or ZeRO"),
-        (
-            "torch_compile",
-            args.torch_compile,
-            "compile through accelerate: accelerate launch --dynamo_backend inductor",
-        ),
-        ("auto_find_batch_size", args.auto_find_batch_size, "set per_device_train_batch_size"),
-        ("load_best_model_at_end", args.load_best_model_at_end, "load the best checkpoint-N after training"),
-        ("save_strategy", args.save_strategy == "best", "save by 'steps' or 'epoch'"),
-        ("save_only_model", args.save_only_model, "leave it off: loop checkpoints hold the whole training state"),
-        ("ignore_data_skip", args.ignore_data_skip, "leave it off: the loop always resumes at the exact batch"),
-        (
-            "restore_callback_states_from_checkpoint",
-            args.restore_callback_states_from_checkpoint,
-            "leave it off: a stateful callback reads its state back in on_train_begin, as TokenCounter does",
-        ),
-        (
-            "train_sampling_strategy",
-            args.train_sampling_strategy not in ("random", "sequential"),
-            "use 'random' or 'sequential'",
-        ),
-        (
-            "lr_scheduler_type",
-            args.lr_scheduler_type in ("reduce_lr_on_plateau", "greedy"),
-            "use a schedule of the step alone (linear, cosine, constant_with_warmup, ...)",
-        ),
-        ("neftune_noise_alpha", args.neftune_noise_alpha is not None, "leave it unset"),
-        ("use_liger_kernel", args.use_liger_kernel, "leave it off"),
-        (
-            "include_num_input_tokens_seen",
-            args.include_num_input_tokens_seen not in ("no", False),
-            "leave it 'no': the loop logs tokens_seen itself",
-        ),
-        (
-            "hub_strategy",
-            args.push_to_hub and args.hub_strategy != "end",
-            "set hub_strategy 'end': the loop pushes the final model once",
-        ),
-    ]
-    return [f"{name} ({fix})" for name, used, fix in checks if used]
 
 
 class ClmLoop:
@@ -123,7 +72,7 @@ class ClmLoop:
 
     def __init__(
         self,
-        model: nn.Module,
+        model: PreTrainedModel,
         args: ClmTrainingArguments,
         processing_class: Any,
         train_dataset: Dataset | IterableDataset | None = None,
@@ -131,40 +80,31 @@ class ClmLoop:
         plugins: Sequence[object] = (),
         callbacks: Sequence[TrainerCallback] = (),
     ) -> None:
-        if not isinstance(args, ClmTrainingArguments):
-            raise ConfigError(f"ClmLoop needs ClmTrainingArguments, got {type(args).__name__}.")
-        unsupported = trainer_only_options(args)
+        unsupported = trainer_only_options(args) if isinstance(args, ClmTrainingArguments) else []
         if unsupported:
             raise ConfigError(
                 f"the Accelerate loop does not implement these options: {'; '.join(unsupported)}. "
                 "Change them as said, or train with ClmTrainer (clmkit train without --loop accelerate)."
             )
-        check_tokenizer_and_model(processing_class, model, args.context_length)
-        enable_full_determinism(args.seed) if args.full_determinism else set_seed(args.seed)
-        self.args, self.model, self.processing_class = args, model, processing_class
-        self.plugins = Plugins(extra=plugins)
-        self.loss, self.collator, self.chunker = build_components(self.plugins, args, processing_class)
-        self.data_stats: dict[str, ChunkStats] = {}
-        self.filter_reports: dict[str, list[FilterReport]] = {}
-        self.train_dataset, self.eval_dataset = prepare_datasets(
-            train_dataset,
-            eval_dataset,
-            processing_class,
-            args,
-            self.chunker,
-            self.data_stats,
-            plugins=self.plugins,
-            collator=self.collator,
-            filter_reports=self.filter_reports,
+        run = components.assemble(
+            model, processing_class, args, train_dataset, eval_dataset, plugins=plugins, who="ClmLoop"
         )
+        enable_full_determinism(args.seed) if args.full_determinism else set_seed(args.seed)  # as Trainer.__init__
+        self.args, self.model, self.processing_class = args, model, processing_class
+        self.plugins, self.loss, self.collator, self.chunker = run.plugins, run.loss, run.collator, run.chunker
+        self.train_dataset, self.eval_dataset = run.data.train, run.data.eval
+        self.data_stats, self.filter_reports = run.data.stats, run.data.filter_reports
+        self.token_counter, self._byte_lengths = run.token_counter, run.byte_lengths
+        self._mfu: MfuMeter | None = None
         self.optimizer_cls, self.optimizer_kwargs = Trainer.get_optimizer_cls_and_kwargs(args, model)
-        if not isinstance(self.optimizer_cls, type) or {"params", "model", "optimizer_dict"} & set(
-            self.optimizer_kwargs
-        ):
+        if components.builds_own_parameter_list(self.optimizer_cls, self.optimizer_kwargs):
             raise ConfigError(
                 f"the Accelerate loop does not implement optim {args.optim!r}: it builds its own parameter list. "
                 "Use adamw_torch (or another plain torch optimizer), or train with ClmTrainer."
             )
+        accelerator_config = cast(
+            AcceleratorConfig, args.accelerator_config
+        )  # an AcceleratorConfig after __post_init__
         self.accelerator = Accelerator(
             # --bf16 / --fp16 decide; else the accelerate config's mixed_precision, as for the Trainer
             mixed_precision="bf16" if args.bf16 else "fp16" if args.fp16 else None,
@@ -173,17 +113,17 @@ class ClmLoop:
                 num_steps=args.gradient_accumulation_steps, sync_with_dataloader=False
             ),
             dataloader_config=DataLoaderConfiguration(  # the Trainer's: same sampler seed, same sharding
-                split_batches=args.accelerator_config.split_batches,
-                dispatch_batches=args.accelerator_config.dispatch_batches,
-                even_batches=args.accelerator_config.even_batches,
-                use_seedable_sampler=args.accelerator_config.use_seedable_sampler,
+                split_batches=accelerator_config.split_batches,
+                dispatch_batches=accelerator_config.dispatch_batches,
+                even_batches=accelerator_config.even_batches,
+                use_seedable_sampler=accelerator_config.use_seedable_sampler,
                 data_seed=args.data_seed,
             ),
         )
         reporting = [cb() for cb in get_reporting_integration_callbacks(args.report_to)]
         printer = PrinterCallback() if args.disable_tqdm else ProgressCallback()
         self.callback_handler = CallbackHandler(
-            [DefaultFlowCallback(), TokenCounter(), *self.plugins.callbacks(args), *callbacks, *reporting, printer],
+            [DefaultFlowCallback(), run.token_counter, *run.callbacks, *callbacks, *reporting, printer],
             model,
             processing_class,
             None,
@@ -192,7 +132,6 @@ class ClmLoop:
         self.state = TrainerState()
         self.control = TrainerControl()
         self.model_wrapped: nn.Module | None = None
-        self._byte_lengths = token_byte_lengths(processing_class)
 
     def add_callback(self, callback: TrainerCallback | type[TrainerCallback]) -> None:
         """Add a ``TrainerCallback`` (an instance or a class), as ``Trainer.add_callback`` does."""
@@ -211,8 +150,9 @@ class ClmLoop:
             raise ConfigError("ClmLoop.train needs a train_dataset.")
         if args.gradient_checkpointing:
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=args.gradient_checkpointing_kwargs)
-        grouper = self.plugins.get("param_groupers", args.param_grouper).obj
-        optimizer = self.optimizer_cls(grouper(self.model, args.weight_decay), **self.optimizer_kwargs)
+        optimizer = components.grouped_optimizer(
+            self.plugins, args, self.model, self.optimizer_cls, self.optimizer_kwargs
+        )
         model, optimizer, dataloader = acc.prepare(self.model, optimizer, self._train_dataloader())
         self.model_wrapped = model
         batches_per_epoch = len(dataloader) if has_length(dataloader) else None
@@ -229,7 +169,7 @@ class ClmLoop:
             optimizer,
             num_warmup_steps=args.get_warmup_steps(max_steps),
             num_training_steps=max_steps,
-            scheduler_specific_kwargs=args.lr_scheduler_kwargs,
+            scheduler_specific_kwargs=cast(dict[str, Any], args.lr_scheduler_kwargs),  # a dict after __post_init__
         )
         acc.register_for_checkpointing(scheduler)
         self.callback_handler.optimizer, self.callback_handler.lr_scheduler = optimizer, scheduler
@@ -263,7 +203,7 @@ class ClmLoop:
                     scheduler.step()
                 optimizer.zero_grad()
                 self.state.global_step += 1
-                self.state.epoch = epoch + seen / batches_per_epoch if batches_per_epoch else None
+                self.state.epoch = epoch + seen / batches_per_epoch if batches_per_epoch else None  # type: ignore[assignment]
                 self.control = self.callback_handler.on_step_end(args, self.state, self.control)
                 self._log_evaluate_save(grad_norm, learning_rate, _position(epoch, seen, batches_per_epoch))
                 if self.control.should_epoch_stop or self.control.should_training_stop:
@@ -288,7 +228,7 @@ class ClmLoop:
         """Forward and backward over one accumulation window; return this process's share of its loss.
 
         Each micro-batch's loss is its loss sum over the normalizer of the whole window on all
-        processes, so the gradients of the window equal those of one big batch (DESIGN.md, item 5).
+        processes, so the gradients of the window equal those of one big batch.
         """
         acc = self.accelerator
         total = window_normalizer(self.loss, window, acc)
@@ -297,7 +237,7 @@ class ClmLoop:
         hidden = self.loss.consumes == "hidden_states" and self.args.chunked_loss
         window_loss = torch.zeros((), device=acc.device)
         for batch in window:
-            self._token_counter().count(batch)
+            self.token_counter.count(batch)
             with acc.accumulate(model):  # no gradient all-reduce before the window's last micro-batch
                 with acc.autocast():
                     inputs, _ = forward_for_loss(model, batch, hidden, self.args.loss_chunk_size)
@@ -309,12 +249,7 @@ class ClmLoop:
                 else:
                     acc.backward(loss * acc.num_processes * len(window))
             window_loss += loss.detach()
-        if not torch.isfinite(window_loss):
-            raise NonFiniteLossError(
-                f"the training loss became {window_loss.item()} at optimizer step {self.state.global_step + 1}. "
-                "Lower the learning rate, set max_grad_norm, or use bf16 instead of fp16, then resume from the "
-                "last checkpoint-N."
-            )
+        components.check_finite_loss(window_loss, self.state.global_step + 1, self.args.output_dir)
         return window_loss
 
     def _log_evaluate_save(self, grad_norm: torch.Tensor | None, learning_rate: float, position: dict) -> None:
@@ -338,14 +273,14 @@ class ClmLoop:
     def log(self, logs: dict[str, float]) -> None:
         """Record ``logs`` in ``state.log_history`` (with token counts on training lines) and tell the callbacks."""
         if "loss" in logs:
-            logs.update(self._token_counter().logs(self.accelerator))
+            values, self._mfu = components.training_log_values(
+                self.token_counter, self._mfu, self.model, self.args, self.accelerator
+            )
+            logs.update(values)
         if self.state.epoch is not None:
             logs["epoch"] = self.state.epoch
         self.state.log_history.append({**logs, "step": self.state.global_step})
         self.control = self.callback_handler.on_log(self.args, self.state, self.control, logs)
-
-    def _token_counter(self) -> TokenCounter:
-        return next(cb for cb in self.callback_handler.callbacks if isinstance(cb, TokenCounter))
 
     # ---- evaluation ------------------------------------------------------------------------------
 
@@ -354,8 +289,8 @@ class ClmLoop:
     ) -> dict[str, float]:
         """Exact token-weighted metrics over the eval set(s): ``eval_loss``, ``eval_perplexity``, ...
 
-        Each batch becomes four numbers per sample, gathered with ``gather_for_metrics`` (which drops
-        the duplicates that pad an uneven last batch), so every process gets the single-process value.
+        The body is the Trainer's (``clmkit.training.components.evaluate_batches``), so every process
+        gets the single-process value.
         """
         dataset = self.eval_dataset if eval_dataset is None else eval_dataset
         if dataset is None:
@@ -368,14 +303,11 @@ class ClmLoop:
         model = self.model_wrapped if self.model_wrapped is not None else self.model.to(acc.device)
         was_training = model.training
         model.eval()
-        metric = ClmMetrics()
-        for batch in acc.prepare(self._dataloader(dataset, self.args.per_device_eval_batch_size, SequentialSampler)):
-            with torch.no_grad(), acc.autocast():
-                inputs, _ = forward_for_loss(model, batch, self.args.chunked_loss, self.args.loss_chunk_size)
-                rows = sample_statistics(inputs, self._byte_lengths)
-            metric.add_rows(acc.gather_for_metrics(rows))
+        batches = acc.prepare(self._dataloader(dataset, self.args.per_device_eval_batch_size, SequentialSampler))
+        metrics, _ = components.evaluate_batches(
+            model, batches, self.args, acc, self._byte_lengths, acc.autocast, metric_key_prefix
+        )
         model.train(was_training)
-        metrics = {f"{metric_key_prefix}_{k}": v for k, v in metric.compute().items()}
         self.log(dict(metrics))
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics=metrics)
         return metrics
@@ -409,7 +341,7 @@ class ClmLoop:
         self.state.is_local_process_zero = self.accelerator.is_local_main_process
         self.state.is_world_process_zero = self.accelerator.is_main_process
 
-    def _stateful_callbacks(self) -> list[ExportableState]:
+    def _stateful_callbacks(self) -> list[Any]:  # TrainerState takes callbacks and the TrainerControl
         """The callbacks whose state a checkpoint keeps (e.g. ``TokenCounter``, which reads it back on resume)."""
         return [cb for cb in [*self.callback_handler.callbacks, self.control] if isinstance(cb, ExportableState)]
 
@@ -424,7 +356,7 @@ class ClmLoop:
         checkpoint under a name that ``resume_from_checkpoint=True`` would pick.
         """
         acc = self.accelerator
-        folder = Path(self.args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        folder = Path(str(self.args.output_dir)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
         partial = folder.with_name(f".partial-{folder.name}")
         if acc.is_main_process:
             shutil.rmtree(partial, ignore_errors=True)
@@ -442,7 +374,7 @@ class ClmLoop:
             write_checkpoint_state(partial, position, self._settings())
             shutil.rmtree(folder, ignore_errors=True)
             partial.rename(folder)
-            rotate_checkpoints(self.args.output_dir, self.args.save_total_limit)
+            rotate_checkpoints(str(self.args.output_dir), self.args.save_total_limit)
         acc.wait_for_everyone()
 
     def _resume(self, checkpoint: str | bool, dataloader: DataLoader) -> tuple[int, tuple[int, Iterator] | None]:
@@ -452,11 +384,11 @@ class ClmLoop:
         it saved that RNG; so mid-epoch the first batch is fetched before the state (RNG included) is
         loaded, as the Trainer does. At an epoch start, the iteration starts after, as it did then.
         """
-        checkpoint = find_checkpoint(checkpoint, self.args.output_dir)
+        checkpoint = find_checkpoint(checkpoint, str(self.args.output_dir))
         position = read_checkpoint(checkpoint, self._settings())  # raises before anything is loaded
         epoch, done, rest = position["epoch"], position["batches_in_epoch"], None
         if done:
-            dataloader.set_epoch(epoch)
+            dataloader.set_epoch(epoch)  # type: ignore[attr-defined]  # accelerate's DataLoaderShard
             batches = iter(self.accelerator.skip_first_batches(dataloader, done))
             first = next(batches, None)
             rest = (done, batches if first is None else itertools.chain([first], batches))
@@ -473,7 +405,7 @@ class ClmLoop:
         Every process must call it: FSDP and ZeRO-3 gather the full weights here; the main process writes.
         """
         acc = self.accelerator
-        output_dir = output_dir or self.args.output_dir
+        output_dir = output_dir or str(self.args.output_dir)
         model = self.model_wrapped if self.model_wrapped is not None else self.model
         state_dict = acc.get_state_dict(model)
         if acc.is_main_process:
@@ -486,11 +418,11 @@ class ClmLoop:
         """Upload ``output_dir`` without its checkpoints to ``hub_model_id`` (default: the folder's name)."""
         if self.accelerator.is_main_process:
             args = self.args
-            repo_id = args.hub_model_id or Path(args.output_dir).absolute().name
+            repo_id = args.hub_model_id or Path(str(args.output_dir)).absolute().name
             repo = create_repo(repo_id, token=args.hub_token, private=args.hub_private_repo, exist_ok=True)
             upload_folder(
                 repo_id=repo.repo_id,
-                folder_path=args.output_dir,
+                folder_path=str(args.output_dir),
                 commit_message="End of training",
                 token=args.hub_token,
                 ignore_patterns=[f"{PREFIX_CHECKPOINT_DIR}-*", ".partial-*"],

@@ -19,7 +19,7 @@ class Chunker:
     special tokens) and returns examples. ``adds_eos`` says whether it appends one EOS per
     document, which token accounting needs. ``emits_document_boundaries`` says that it packs
     several documents per row and marks them with ``position_ids`` restarting at 0 (see
-    ``clmkit.packing``): clmkit then refuses a collator that cannot keep them apart.
+    ``clmkit.data.packing``): clmkit then refuses a collator that cannot keep them apart.
     """
 
     adds_eos: bool = False

@@ -14,8 +14,8 @@ from typing import Any
 
 from datasets import Dataset, IterableDataset
 
+from clmkit.args import canonical_filters
 from clmkit.errors import ConfigError
-from clmkit.filters import canonical_filters
 
 STOPPING_STRATEGIES = ("all_exhausted", "first_exhausted")
 
@@ -76,7 +76,7 @@ class Mixture:
     def __post_init__(self) -> None:
         self.sources = list(self.sources)
         if not self.sources or not all(isinstance(s, Source) for s in self.sources):
-            raise ConfigError("a Mixture needs a non-empty list of clmkit.mixtures.Source objects.")
+            raise ConfigError("a Mixture needs a non-empty list of clmkit.data.mixtures.Source objects.")
         self.names = [s.name or f"source{i}" for i, s in enumerate(self.sources)]
         if len(set(self.names)) != len(self.names):
             raise ConfigError(f"mixture source names must differ, got {self.names}. Rename the duplicates.")
@@ -97,8 +97,9 @@ class Mixture:
 
     @property
     def probabilities(self) -> list[float]:
-        total = sum(self.weights)
-        return [w / total for w in self.weights]
+        """Each source's chance of giving the next example: the weights, normalized to sum to 1."""
+        weights = list(self.weights or ())
+        return [w / sum(weights) for w in weights]
 
 
 SOURCE_KEYS = tuple(f.name for f in fields(Source) if f.name != "dataset")

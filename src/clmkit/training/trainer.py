@@ -1,0 +1,214 @@
+"""ClmTrainer: a transformers ``Trainer`` whose data, loss, grouping and callbacks are plugins.
+
+It is assembled like ``ClmLoop`` (``clmkit.training.components.assemble``) and keeps only what is
+the Trainer's own: where the accumulation window is fetched (``get_batch_samples``), the loss hook
+(``compute_loss``), the optimizer hook, checkpoint saving and the evaluation loop, each calling the
+shared pieces.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from datasets import Dataset, IterableDataset
+from torch import nn
+from transformers import PreTrainedModel, Trainer
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, EvalLoopOutput, TrainOutput
+
+from clmkit.args import ClmTrainingArguments
+from clmkit.training.checkpoint import find_checkpoint, read_checkpoint, run_settings, write_checkpoint_state
+from clmkit.training.components import (
+    assemble,
+    builds_own_parameter_list,
+    check_finite_loss,
+    evaluate_batches,
+    grouped_optimizer,
+    training_log_values,
+)
+from clmkit.training.flops import MfuMeter
+from clmkit.training.forward import forward_for_loss
+from clmkit.training.losses import loss_from_inputs, window_normalizer
+
+
+class ClmTrainer(Trainer):
+    """A drop-in ``Trainer`` for causal language modelling from raw text.
+
+    It takes a raw text dataset (column ``args.text_column``) or an already tokenized one, prepares
+    it once with the chunker named in ``args.chunker``, batches with ``args.collator``, computes
+    ``args.loss`` normalized over the whole accumulation window and all processes, groups
+    parameters with ``args.param_grouper``, and adds the plugins' callbacks. Evaluation is exact
+    and token-weighted: ``eval_loss``, ``eval_perplexity``, ``eval_bits_per_byte``,
+    ``eval_accuracy``. ``plugins`` adds plugin objects to the ones found through entry points.
+    """
+
+    loss_is_scaled_for_ga = True
+    args: ClmTrainingArguments  # Trainer's attributes, narrowed: assemble() refuses other arguments,
+    model: PreTrainedModel  # and clmkit reads the config and embeddings of a transformers model
+
+    def __init__(
+        self,
+        model: nn.Module | None = None,
+        args: ClmTrainingArguments | None = None,
+        data_collator: Any = None,
+        train_dataset: Dataset | IterableDataset | None = None,
+        eval_dataset: Dataset | IterableDataset | Mapping[str, Dataset] | None = None,
+        processing_class: Any = None,
+        plugins: Sequence[object] = (),
+        **kwargs: Any,
+    ) -> None:
+        if args is None:
+            args = ClmTrainingArguments(output_dir="clmkit_output")
+        run = assemble(
+            model, processing_class, args, train_dataset, eval_dataset, plugins=plugins, data_collator=data_collator
+        )
+        self.plugins, self.loss, self.chunker = run.plugins, run.loss, run.chunker
+        self.data_stats, self.filter_reports = run.data.stats, run.data.filter_reports
+        self.token_counter, self._byte_lengths = run.token_counter, run.byte_lengths
+        self._mfu: MfuMeter | None = None
+        callbacks = [*(kwargs.pop("callbacks", None) or []), run.token_counter, *run.callbacks]
+        super().__init__(
+            model=model,
+            args=args,
+            data_collator=run.collator,
+            train_dataset=run.data.train,
+            eval_dataset=run.data.eval,
+            processing_class=processing_class,
+            callbacks=callbacks,
+            **kwargs,
+        )
+
+    # ---- loss -------------------------------------------------------------------------------
+
+    def get_batch_samples(
+        self, epoch_iterator: Iterator, num_batches: int, device: torch.device
+    ) -> tuple[list, torch.Tensor | None]:
+        """Fetch one accumulation window and its loss normalizer, summed over all processes."""
+        batch_samples: list = []
+        for _ in range(num_batches):
+            try:
+                batch_samples.append(next(epoch_iterator))
+            except StopIteration:
+                break
+        if not batch_samples:
+            return batch_samples, None
+        total = window_normalizer(self.loss, batch_samples, self.accelerator)
+        for b in batch_samples:
+            self.token_counter.count(b)
+        return batch_samples, total
+
+    def compute_loss(
+        self,
+        model: nn.Module,
+        inputs: dict[str, torch.Tensor],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, Any]:
+        """The registered loss over this micro-batch, divided by the window's normalizer.
+
+        With ``num_items_in_batch`` (the normalizer of the accumulation window over all processes)
+        the result is scaled by the number of processes, because DDP averages gradients.
+        """
+        loss_inputs, outputs = self._forward(model, inputs, self.loss.consumes == "hidden_states")
+        if num_items_in_batch is None:
+            loss = loss_from_inputs(self.loss, loss_inputs, self.loss.normalizer(inputs))
+        else:
+            loss = loss_from_inputs(self.loss, loss_inputs, torch.as_tensor(num_items_in_batch))
+            if model.training and self.accelerator.num_processes > 1:
+                loss = loss * self.accelerator.num_processes
+        return (loss, outputs) if return_outputs else loss
+
+    def _forward(self, model: nn.Module, inputs: Mapping[str, torch.Tensor], want_hidden: bool) -> Any:
+        """Run the model without labels; capture the final hidden states instead of logits if wanted."""
+        hidden = want_hidden and self.args.chunked_loss
+        return forward_for_loss(model, inputs, hidden, self.args.loss_chunk_size)
+
+    def training_step(self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: Any = None) -> torch.Tensor:
+        """One micro-step; a NaN or inf loss stops training with the step and last checkpoint named."""
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        check_finite_loss(loss, self.state.global_step + 1, self.args.output_dir)
+        return loss
+
+    # ---- checkpoints: checked before anything is loaded (clmkit.training.checkpoint) -----------------------
+
+    def train(
+        self,
+        resume_from_checkpoint: str | bool | None = None,
+        trial: Any = None,
+        ignore_keys_for_eval: list[str] | None = None,
+    ) -> TrainOutput:
+        """``Trainer.train``; a checkpoint to resume from must be complete and made with this run's settings."""
+        if resume_from_checkpoint:
+            resume_from_checkpoint = find_checkpoint(resume_from_checkpoint, str(self.args.output_dir))
+            read_checkpoint(resume_from_checkpoint, self._checkpoint_settings())
+        return super().train(resume_from_checkpoint, trial, ignore_keys_for_eval)
+
+    def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
+        super()._save_checkpoint(model, trial)
+        self.accelerator.wait_for_everyone()  # every process has written its RNG state
+        if self.args.should_save:
+            folder = Path(self._get_output_dir(trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            write_checkpoint_state(folder, {"global_step": self.state.global_step}, self._checkpoint_settings())
+
+    def _checkpoint_settings(self) -> dict[str, dict[str, Any]]:
+        model = self.accelerator.unwrap_model(self.model)
+        return run_settings(model, self.args, self.processing_class, self.accelerator.num_processes)
+
+    # ---- optimizer --------------------------------------------------------------------------
+
+    def create_optimizer(self, model: PreTrainedModel | None = None) -> torch.optim.Optimizer:
+        """AdamW (or ``args.optim``) over the parameter groups of ``args.param_grouper``."""
+        if self.optimizer is None:
+            opt_model = self.model if model is None else model
+            optimizer_cls, optimizer_kwargs = self.optimizer_cls_and_kwargs or self.get_optimizer_cls_and_kwargs(
+                self.args, opt_model
+            )
+            if not builds_own_parameter_list(optimizer_cls, optimizer_kwargs):  # else Trainer's own path
+                self.optimizer = grouped_optimizer(self.plugins, self.args, opt_model, optimizer_cls, optimizer_kwargs)
+        return super().create_optimizer(model)
+
+    # ---- logging and evaluation ---------------------------------------------------------------
+
+    def _load_callback_state(self) -> None:
+        """Trainer may replace stateful callbacks by restored copies: keep ``token_counter`` the one that counts."""
+        super()._load_callback_state()
+        self.token_counter = next(
+            cb for cb in self.callback_handler.callbacks if isinstance(cb, type(self.token_counter))
+        )
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Add token counts, throughput and model FLOPs utilization (``mfu``) to training logs."""
+        if "loss" in logs:
+            values, self._mfu = training_log_values(
+                self.token_counter, self._mfu, self.model, self.args, self.accelerator
+            )
+            logs.update(values)
+        super().log(logs, start_time)
+
+    def evaluation_loop(
+        self,
+        dataloader: Any,
+        description: str,
+        prediction_loss_only: bool | None = None,
+        ignore_keys: list[str] | None = None,
+        metric_key_prefix: str = "eval",
+    ) -> EvalLoopOutput:
+        """Exact token-weighted evaluation (``clmkit.training.components.evaluate_batches``): no logits kept."""
+        model = self._wrap_model(self.model, training=False)
+        if len(self.accelerator._models) == 0 and model is self.model:
+            model = self.accelerator.prepare_model(model, evaluation_mode=True)
+        model.eval()
+        batches = (self._prepare_inputs(inputs) for inputs in dataloader)
+        metrics, samples = evaluate_batches(
+            model,
+            batches,
+            self.args,
+            self.accelerator,
+            self._byte_lengths,
+            self.compute_loss_context_manager,
+            metric_key_prefix,
+        )
+        # no predictions are kept, as in Trainer.evaluation_loop with prediction_loss_only
+        return EvalLoopOutput(predictions=None, label_ids=None, metrics=metrics, num_samples=samples)  # type: ignore[arg-type]
