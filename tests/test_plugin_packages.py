@@ -94,6 +94,9 @@ def test_clmkit_train_uses_them_by_name_and_the_saved_model_infills(installed, c
     assert main(argv) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert math.isfinite(metrics["eval_loss"]) and metrics["global_step"] == 6
+    loaded = {p["plugin"]: (p["distribution"], p["version"]) for p in metrics["plugins"]}
+    assert loaded["fim"] == ("clmkit-fim", clmkit_fim.__version__) and loaded["zloss"][0] == "clmkit-zloss"
+    assert f"fim (clmkit-fim {clmkit_fim.__version__})" in (out / "README.md").read_text()  # the model card names it
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

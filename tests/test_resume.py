@@ -88,16 +88,13 @@ def test_loop_checkpoints_layout(workdir, tmp_path):
     train(workdir, tmp_path, "loop", save_steps=3)
     assert sorted(int(p.name.split("-")[-1]) for p in tmp_path.glob("*checkpoint-*")) == [3, 6, 9, MAX_STEPS]
     checkpoint = {p.name for p in (tmp_path / "checkpoint-6").iterdir()}
-    state = {"model.safetensors", "optimizer.bin", "random_states_0.pkl", "trainer_state.json"}
+    state = {"model.safetensors", "optimizer.bin", "rng_state_0.json", "scheduler_state.json", "trainer_state.json"}
     assert state | {"config.json", "tokenizer.json", "clmkit_checkpoint.json"} <= checkpoint
+    # what clmkit keeps itself is JSON: no pickle of accelerate's (custom_checkpoint_0.pkl, random_states_0.pkl)
+    assert not [name for name in checkpoint if name.endswith(".pkl")]
     final = {p.name for p in tmp_path.iterdir()}
-    assert {
-        "model.safetensors",
-        "config.json",
-        "generation_config.json",
-        "tokenizer.json",
-        "training_args.bin",
-    } <= final
+    assert {"model.safetensors", "config.json", "generation_config.json", "tokenizer.json"} <= final
+    assert "training_args.bin" not in final  # a pickle: training_args.yaml is the record
 
 
 # ---- bad checkpoints: named problems, nothing loaded (both paths) ---------------------------------
@@ -105,7 +102,7 @@ def test_loop_checkpoints_layout(workdir, tmp_path):
 # path -> (class, its optimizer state file, its RNG state file)
 PATHS = {
     "trainer": (ClmTrainer, "optimizer.pt", "rng_state.pth"),
-    "loop": (ClmLoop, "optimizer.bin", "random_states_0.pkl"),
+    "loop": (ClmLoop, "optimizer.bin", "rng_state_0.json"),
 }
 
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+import math
+import types
+import typing
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,6 +78,14 @@ class ClmTrainingArguments(TrainingArguments):
     preprocessing_num_workers: int | None = field(
         default=None, metadata={"help": "Processes for tokenizing and chunking (datasets.map num_proc)."}
     )
+    max_loss: float | None = field(
+        default=None,
+        metadata={
+            "help": "Stop training when the training loss exceeds this, as when it becomes NaN: the run has "
+            "diverged. Default: 1000 times the first training loss of the session (a loss plugin's objective has "
+            "its own scale)."
+        },
+    )
 
     def __post_init__(self) -> None:
         for name in _KWARG_FIELDS:
@@ -99,7 +110,40 @@ class ClmTrainingArguments(TrainingArguments):
             raise ConfigError(f"loss_chunk_size must be a positive number of tokens, got {self.loss_chunk_size}.")
         if self.peak_tflops is not None and self.peak_tflops <= 0:
             raise ConfigError(f"peak_tflops must be positive (TFLOP/s of one device), got {self.peak_tflops}.")
+        self._check_training_values()
         super().__post_init__()
+
+    def _check_training_values(self) -> None:
+        """Refuse step counts, batch sizes, learning rates and precisions that could only fail later (or silently)."""
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise ConfigError(
+                f"max_steps must be a positive number of optimizer steps, or -1 to train by num_train_epochs; "
+                f"got {self.max_steps}. Pass e.g. --max_steps 450."
+            )
+        for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"{name} must be a whole number of at least 1, got {value!r}. Pass e.g. --{name} 8.")
+        if not _is_number(self.learning_rate) or not math.isfinite(self.learning_rate) or self.learning_rate <= 0:
+            raise ConfigError(
+                f"learning_rate must be a finite number above 0, got {self.learning_rate!r}. Pass e.g. "
+                "--learning_rate 5e-4."
+            )
+        if self.max_steps == -1 and (not _is_number(self.num_train_epochs) or not self.num_train_epochs > 0):
+            raise ConfigError(
+                f"num_train_epochs must be above 0 when max_steps is -1, got {self.num_train_epochs!r}. "
+                "Pass e.g. --num_train_epochs 1, or --max_steps N."
+            )
+        if self.max_loss is not None and (not _is_number(self.max_loss) or not self.max_loss > 0):
+            raise ConfigError(
+                f"max_loss must be a number above 0 (nats per target token), got {self.max_loss!r}. "
+                "Leave it unset for the default, 1000 times the first training loss."
+            )
+        if self.fp16 and not _fp16_device_available(self.use_cpu):
+            raise ConfigError(
+                "fp16 needs a CUDA (or XPU/NPU) GPU, and this run is on the CPU, where fp16 training overflows "
+                "and diverges. Drop --fp16 to train in fp32, or pass --bf16 instead."
+            )
 
     def plugin_kwargs(self, name: str) -> dict[str, Any]:
         """The keyword arguments for one plugin kind (``chunker``, ``collator``, ``loss``), as a dict."""
@@ -144,3 +188,126 @@ def parse_filter_specs(value: str | Sequence[Any] | None) -> list[FilterSpec]:
 def canonical_filters(value: str | Sequence[Any] | None) -> list[str | dict[str, dict[str, Any]]]:
     """``filters`` in the form that round-trips through JSON and YAML: names, or ``{name: kwargs}`` when set."""
     return [name if not kwargs else {name: kwargs} for name, kwargs in parse_filter_specs(value)]
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _fp16_device_available(use_cpu: bool) -> bool:
+    """Whether fp16 training has an accelerator to run on (CUDA, XPU or NPU), not the CPU."""
+    if use_cpu:
+        return False
+    import torch
+
+    if torch.cuda.is_available():
+        return True
+    for name in ("xpu", "npu", "mlu", "musa"):
+        backend = getattr(torch, name, None)
+        if backend is not None and getattr(backend, "is_available", lambda: False)():
+            return True
+    return False
+
+
+# ---- plugin keyword arguments, checked against the factory's annotations before any work ----------------
+
+
+def check_plugin_kwargs(args: ClmTrainingArguments, plugins: Any = None) -> None:
+    """Check the keyword arguments of every plugin ``args`` names against the factory's signature and annotations.
+
+    Runs before the tokenizer is trained or data is read, so ``"keywords": "def"`` (a string where a
+    list of strings is annotated) or ``"alpha": "high"`` (a string for a float) is a ``ConfigError``
+    naming the plugin, the argument and the type it takes. Works for any plugin whose factory annotates
+    its parameters; unannotated (or unresolvable) parameters are left to the factory.
+    """
+    from clmkit.plugins import KIND_BY_NAME, Plugins, check_kwargs
+
+    plugins = plugins or Plugins()
+    leading = {"chunkers": 2, "collators": 1, "losses": 0}  # positional arguments clmkit passes itself
+    for kind_name, count in leading.items():
+        kind = KIND_BY_NAME[kind_name]
+        name = getattr(args, kind.option)
+        factory = plugins.get(kind_name, name).obj
+        kwargs = args.plugin_kwargs(kind.singular)
+        what = f"{kind.singular} {name!r}"
+        bound = {"tokenizer": None, **kwargs} if kind_name == "losses" else kwargs  # assemble passes tokenizer=
+        check_kwargs(factory, what, (None,) * count, bound, f"{kind.singular}_kwargs")
+        check_kwarg_types(factory, what, kwargs, f"{kind.singular}_kwargs")
+    for name, kwargs in parse_filter_specs(args.filters):
+        factory = plugins.get("filters", name).obj
+        what = f"filter {name!r}"
+        check_kwargs(factory, what, (), kwargs, "filters")
+        check_kwarg_types(factory, what, kwargs, "filters")
+
+
+def check_kwarg_types(factory: Callable[..., Any], what: str, kwargs: Mapping[str, Any], option: str) -> None:
+    """A ConfigError for the first keyword argument whose value does not fit the factory's annotation."""
+    target = factory.__init__ if isinstance(factory, type) else factory  # type: ignore[misc]
+    try:
+        hints = typing.get_type_hints(target)
+    except Exception:  # annotations naming types only a type checker imports: leave the check to the factory
+        return
+    for key, value in kwargs.items():
+        if key in hints and not fits(value, hints[key]):
+            raise ConfigError(
+                f"{what} argument {key!r} must be {describe_type(hints[key])}, got {value!r}. Fix {option}."
+            )
+
+
+def require_type(value: Any, hint: Any, what: str, option: str) -> None:
+    """A ConfigError when a plugin's keyword argument does not fit ``hint`` (for factories checking their own)."""
+    if not fits(value, hint):
+        raise ConfigError(f"{what} must be {describe_type(hint)}, got {value!r}. Fix {option}.")
+
+
+def fits(value: Any, hint: Any) -> bool:
+    """Whether a JSON/YAML value fits a type annotation (unknown annotations accept anything)."""
+    if hint is Any or hint is object:
+        return True
+    origin = typing.get_origin(hint)
+    if origin is typing.Union or origin is types.UnionType:
+        return any(fits(value, h) for h in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if origin is typing.Literal:
+        return value in typing.get_args(hint)
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return _is_number(value) and math.isfinite(value)
+    if hint is str:
+        return isinstance(value, str)
+    if origin in (list, tuple, set, frozenset, Sequence, typing.Sequence) or hint in (list, tuple):
+        if isinstance(value, str | bytes | Mapping) or not isinstance(value, list | tuple | set | frozenset):
+            return False
+        inner = typing.get_args(hint)
+        if origin is tuple and len(inner) == 2 and inner[1] is Ellipsis:
+            inner = inner[:1]
+        if len(inner) != 1:
+            return True
+        return all(fits(item, inner[0]) for item in value)
+    if origin in (dict, Mapping) or hint is dict:
+        return isinstance(value, Mapping)
+    return True
+
+
+def describe_type(hint: Any) -> str:
+    """An annotation in words, for messages: 'a list of strings', 'a number', 'one of 'a', 'b''."""
+    origin = typing.get_origin(hint)
+    if origin is typing.Union or origin is types.UnionType:
+        parts = [describe_type(h) for h in typing.get_args(hint) if h is not type(None)]
+        return " or ".join(parts) + (" (or null)" if type(None) in typing.get_args(hint) else "")
+    if origin is typing.Literal:
+        return "one of " + ", ".join(repr(v) for v in typing.get_args(hint))
+    names = {bool: "true or false", int: "a whole number", float: "a number", str: "a string", dict: "a mapping"}
+    if hint in names:
+        return names[hint]
+    if origin in (list, tuple, set, frozenset, Sequence, typing.Sequence):
+        inner = typing.get_args(hint)
+        if inner and inner[0] in names:
+            plural = {bool: "booleans", int: "whole numbers", float: "numbers", str: "strings", dict: "mappings"}
+            return f"a list of {plural[inner[0]]}"
+        return "a list"
+    return getattr(hint, "__name__", str(hint))

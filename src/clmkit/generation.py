@@ -7,6 +7,8 @@ that is too long keeps only its last tokens (with a warning) instead of crashing
 from __future__ import annotations
 
 import logging
+import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,15 +38,70 @@ def default_generation_config(eos_token_id: int, max_new_tokens: int) -> Any:
     )
 
 
+# files that hold a model's weights, and files that hold a tokenizer (any one of each suffices)
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer.model", "spiece.model")
+
+
 def check_model_dir(model_dir: str | Path) -> Path:
-    """The folder, if it holds a saved model (a ``config.json``); else a DataError naming the fix."""
+    """The folder, if it holds a saved model: ``config.json``, weights and tokenizer files; else a DataError
+    naming what is missing and the fix."""
     path = Path(model_dir).expanduser()
     if not (path / "config.json").is_file():
         raise DataError(
             f"{str(model_dir)!r} is not a saved model folder (no config.json in it). "
             "Pass the output folder of `clmkit train` (default clmkit-out)."
         )
+    if not any((path / name).is_file() for name in WEIGHT_FILES):
+        raise DataError(
+            f"model folder {str(model_dir)!r} holds no weights (none of {', '.join(WEIGHT_FILES)}). "
+            "Pass the output folder of a finished `clmkit train` run, or a checkpoint-N folder inside it."
+        )
+    if not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise DataError(
+            f"model folder {str(model_dir)!r} holds no tokenizer files (none of {', '.join(TOKENIZER_FILES)}). "
+            "Save the tokenizer into it (tokenizer.save_pretrained(folder)), or pass the output folder of "
+            "`clmkit train`, which holds both."
+        )
     return path
+
+
+def check_sampling(max_new_tokens: int, temperature: float, top_p: float, context: int | None) -> None:
+    """Refuse generation options that cannot work: no new token, no room in the context, a temperature
+    below 0 (0 means greedy), a ``top_p`` outside (0, 1]."""
+    if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
+        raise ConfigError(
+            f"--max_new_tokens must be at least 1, got {max_new_tokens!r}. Pass e.g. --max_new_tokens 48."
+        )
+    if context is not None and max_new_tokens >= context:
+        raise ConfigError(
+            f"--max_new_tokens {max_new_tokens} leaves no room for the prompt in the model's context of "
+            f"{context} tokens. Ask for at most {context - 1} new tokens."
+        )
+    if not isinstance(temperature, int | float) or not math.isfinite(temperature) or temperature < 0:
+        raise ConfigError(
+            f"--temperature must be a finite number of at least 0 (0 decodes greedily), got {temperature!r}. "
+            "Pass e.g. --temperature 0.7."
+        )
+    if not isinstance(top_p, int | float) or not 0 < top_p <= 1:
+        raise ConfigError(f"--top_p must be in (0, 1], got {top_p!r}. Pass e.g. --top_p 0.9 (1 keeps every token).")
+
+
+def check_prompts(prompts: Sequence[str]) -> None:
+    """Refuse prompts a causal LM cannot continue: none at all, or an empty (or whitespace-only) one."""
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    for prompt in prompts:
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise ConfigError(
+                f"the prompt {prompt!r} is empty; a causal LM needs at least one token to continue. "
+                "Pass some text (e.g. --prompts 'def main():')."
+            )
 
 
 def context_size(config: Any) -> int | None:
@@ -65,11 +122,7 @@ def fit_prompt(tokenizer: Any, prompt: str, max_new_tokens: int, context: int | 
         raise ConfigError("the prompt is empty; a causal LM needs at least one token to continue. Pass some text.")
     if context is None:
         return prompt
-    if max_new_tokens >= context:
-        raise ConfigError(
-            f"--max_new_tokens {max_new_tokens} leaves no room for the prompt in the model's context of "
-            f"{context} tokens. Ask for at most {context - 1} new tokens."
-        )
+    check_sampling(max_new_tokens, 0.0, 1.0, context)
     ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     room = context - max_new_tokens
     if len(ids) <= room:
@@ -99,6 +152,7 @@ def complete(
     """
     from transformers import set_seed
 
+    check_sampling(max_new_tokens, temperature, top_p, context_size(generator.model.config))
     prompt = fit_prompt(generator.tokenizer, prompt, max_new_tokens, context_size(generator.model.config))
     set_seed(seed)
     sampling: dict[str, Any] = {"do_sample": False}

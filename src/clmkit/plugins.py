@@ -217,6 +217,14 @@ class Plugins:
         results = self.pm.hook.clmkit_callbacks(args=args)
         return [cb for result in reversed(results) if result for cb in result]
 
+    def third_party(self) -> list[dict[str, str | None]]:
+        """The loaded plugins that are not clmkit's own: name, distribution and version, as a run records them."""
+        return [
+            {"plugin": name, "distribution": info.distribution, "version": info.version}
+            for name, info in self.info.items()
+            if info.distribution != "clmkit"
+        ]
+
     def describe(self) -> list[dict[str, Any]]:
         """One JSON-ready record per plugin: name, distribution, version, hooks and registered names."""
         names: dict[str, dict[str, list[str]]] = {}

@@ -9,13 +9,14 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from clmkit.outputs import default_mode
 
 Point = tuple[float, float]
 
@@ -28,6 +29,7 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, default_mode())  # mkstemp makes 0600 files; others on a shared machine may read results
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -56,19 +58,6 @@ def _finite(data: Any) -> Any:
     if isinstance(data, list | tuple):
         return [_finite(v) for v in data]
     return data
-
-
-def save_model_atomically(trainer: Any, out_dir: str | Path) -> None:
-    """``trainer.save_model`` into a temporary folder, then move each file into ``out_dir``."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".save-", dir=out))
-    try:
-        trainer.save_model(str(tmp))
-        for item in tmp.iterdir():
-            os.replace(item, out / item.name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def training_args_yaml(values: Mapping[str, Any], command: str) -> str:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from itertools import chain
 from typing import Any
 
+import numpy as np
+
 from clmkit.data.chunking import Chunker
 from clmkit.data.packing import best_fit_decreasing
 from clmkit.hookspecs import Register, hookimpl
@@ -32,9 +34,13 @@ class Concat(Chunker):
     """
 
     adds_eos = True
+    numpy_batches = True  # documents may arrive as numpy arrays: a long one never becomes Python ints
 
     def __call__(self, batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
         eos = self.eos_token_id
+        documents = batch["input_ids"]
+        if any(isinstance(ids, np.ndarray) for ids in documents):
+            return self._concat_arrays(documents)
         stream: list[int] = []
         for ids in batch["input_ids"]:
             stream.extend(ids)
@@ -42,6 +48,16 @@ class Concat(Chunker):
         size = self.context_length
         usable = len(stream) - len(stream) % size
         return {"input_ids": [stream[i : i + size] for i in range(0, usable, size)]}
+
+    def _concat_arrays(self, documents: list[Any]) -> dict[str, list[Any]]:
+        eos = np.array([self.eos_token_id], dtype=np.int64)
+        parts = [part for ids in documents for part in (np.asarray(ids, dtype=np.int64), eos)]
+        stream = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+        if len(stream) == 0 or int(stream.max()) < 2**31:
+            stream = stream.astype(np.int32)
+        size = self.context_length
+        usable = len(stream) - len(stream) % size
+        return {"input_ids": list(stream[:usable].reshape(-1, size))}
 
 
 class Packed(Chunker):

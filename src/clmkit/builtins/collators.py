@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from clmkit.errors import DataError
+from clmkit.errors import ConfigError, DataError
 from clmkit.hookspecs import Register, hookimpl
 from clmkit.training.cross_entropy import IGNORE_INDEX
 
@@ -34,6 +34,13 @@ class CausalCollator:
                 "Set tokenizer.eos_token (e.g. '<|endoftext|>')."
             )
         self.pad_token_id = int(pad)
+        if pad_to_multiple_of is not None and (
+            not isinstance(pad_to_multiple_of, int) or isinstance(pad_to_multiple_of, bool) or pad_to_multiple_of < 1
+        ):
+            raise ConfigError(
+                f"collator 'causal' argument 'pad_to_multiple_of' must be a whole number of at least 1 (or null), "
+                f"got {pad_to_multiple_of!r}. Fix collator_kwargs."
+            )
         self.pad_to_multiple_of = pad_to_multiple_of
 
     def __call__(self, examples: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 
+from clmkit.args import require_type
 from clmkit.data.filters import DocumentFilter
+from clmkit.errors import ConfigError
 from clmkit.hookspecs import Register, hookimpl
 
 COURSE_KEYWORDS = ("pandas", "sklearn", "matplotlib", "seaborn")
@@ -35,9 +37,14 @@ class Keywords(DocumentFilter):
     The defaults are the words that made CodeParrot-ds: files mentioning the data-science stack.
     """
 
-    def __init__(self, words: Sequence[str] = COURSE_KEYWORDS) -> None:
+    def __init__(self, words: Sequence[str] | str = COURSE_KEYWORDS) -> None:
+        require_type(words, Sequence[str] | str, "filter 'keywords' argument 'words'", "filters")
         if isinstance(words, str):
             words = [words]
+        if not words or not all(words):
+            raise ConfigError(
+                f"filter 'keywords' argument 'words' must name at least one non-empty word, got {words!r}. Fix filters."
+            )
         self.words = tuple(words)
         self._reason = f"none of {', '.join(self.words)}"
 
@@ -60,6 +67,17 @@ class CodeQuality(DocumentFilter):
         min_alphanumeric_fraction: float = 0.25,
         scan_lines: int = 5,
     ) -> None:
+        for name, value, hint in (
+            ("max_line_length", max_line_length, int),
+            ("max_mean_line_length", max_mean_line_length, float),
+            ("min_alphanumeric_fraction", min_alphanumeric_fraction, float),
+            ("scan_lines", scan_lines, int),
+        ):
+            require_type(value, hint, f"filter 'code_quality' argument {name!r}", "filters")
+            if value < 0:
+                raise ConfigError(
+                    f"filter 'code_quality' argument {name!r} must be 0 or more, got {value!r}. Fix filters."
+                )
         self.max_line_length = max_line_length
         self.max_mean_line_length = max_mean_line_length
         self.min_alphanumeric_fraction = min_alphanumeric_fraction

@@ -9,6 +9,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from clmkit.args import require_type
 from clmkit.errors import ConfigError
 from clmkit.hookspecs import Register, hookimpl
 from clmkit.training.losses import Loss
@@ -45,7 +46,19 @@ class KeyToken(Loss):
         normalize: Literal["weights", "course"] = "weights",
     ) -> None:
         if normalize not in ("weights", "course"):
-            raise ConfigError(f"keytoken normalize must be 'weights' or 'course', got {normalize!r}.")
+            raise ConfigError(f"keytoken normalize must be 'weights' or 'course', got {normalize!r}. Fix loss_kwargs.")
+        require_type(keywords, Sequence[str], "keytoken argument 'keywords'", "loss_kwargs")
+        require_type(keytoken_ids, Sequence[int] | None, "keytoken argument 'keytoken_ids'", "loss_kwargs")
+        require_type(alpha, float, "keytoken argument 'alpha'", "loss_kwargs")
+        if (
+            keytoken_ids is not None
+            and tokenizer is not None
+            and any(not 0 <= i < len(tokenizer) for i in keytoken_ids)
+        ):
+            raise ConfigError(
+                f"keytoken argument 'keytoken_ids' {list(keytoken_ids)!r} holds ids outside the tokenizer's "
+                f"{len(tokenizer)} tokens. Fix loss_kwargs."
+            )
         ids = list(keytoken_ids or [])
         self.not_single_token: list[str] = []
         if keytoken_ids is None:

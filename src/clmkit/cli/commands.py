@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
+import logging
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,7 +21,24 @@ from clmkit.cli.options import (
 )
 from clmkit.data.sources import PREPARED_STATS
 from clmkit.errors import ConfigError, DataError
-from clmkit.generation import TEMPERATURE, TOP_P
+from clmkit.generation import TEMPERATURE, TOP_P, check_prompts, check_sampling
+from clmkit.outputs import CLMKIT_FILES, OutputFolder, check_overwritable
+from clmkit.paths import storage_errors
+
+logger = logging.getLogger("clmkit")
+# what `clmkit prepare` writes (datasets' save_to_disk, the tokenizer, the statistics)
+PREPARE_OUTPUTS = frozenset(
+    {
+        "dataset_dict.json",
+        "train",
+        "validation",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "chat_template.jinja",
+        PREPARED_STATS,
+    }
+)
 
 
 def cmd_prepare(argv: Sequence[str]) -> int:
@@ -36,13 +52,11 @@ def cmd_prepare(argv: Sequence[str]) -> int:
     )
     list_registered_names(parser)
     source, tok_options, options = _parse(parser, argv)
-    out = Path(options.output_dir)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"output folder {str(out)!r} is a file. Pass another --output_dir.")
-    if out.exists() and any(out.iterdir()) and not options.overwrite:
-        raise ConfigError(
-            f"output folder {str(out)!r} is not empty. Pass --overwrite to replace it, or another --output_dir."
-        )
+    folder = OutputFolder(options.output_dir, "prepared")
+    out = folder.path
+    check_prepare_folder(folder, options.overwrite)
+    if options.overwrite:
+        check_overwritable(out, [source.dataset, tok_options.tokenizer])
     args = ClmTrainingArguments(
         output_dir=str(out),
         context_length=options.context_length,
@@ -91,18 +105,40 @@ def cmd_prepare(argv: Sequence[str]) -> int:
     }
     from clmkit import report
 
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.resolve().parent))
-    try:
-        DatasetDict({"train": prepared.data.train, "validation": prepared.data.eval}).save_to_disk(str(tmp))
-        tokenizer.save_pretrained(str(tmp))
-        report.write_json(tmp / PREPARED_STATS, info)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    def write(tmp: str) -> None:
+        DatasetDict({"train": prepared.data.train, "validation": prepared.data.eval}).save_to_disk(tmp)
+        tokenizer.save_pretrained(tmp)
+        report.write_json(Path(tmp) / PREPARED_STATS, info)
+
+    with folder.locked(), storage_errors(out):
+        check_prepare_folder(folder, options.overwrite)  # again: another run may have written meanwhile
+        if options.overwrite:
+            replaced = folder.remove_owned()
+            if replaced:
+                logger.info("--overwrite: removed the previous %s from %s", ", ".join(replaced), out)
+        folder.write_with(write)
     print(json.dumps({"output_dir": str(out), **info}, indent=2))
     return 0
+
+
+def check_prepare_folder(folder: OutputFolder, overwrite: bool) -> None:
+    """A prepare writes into a new or empty folder, or with ``--overwrite`` one where it replaces only its own files."""
+    out = folder.path
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"output folder {str(out)!r} is a file. Pass another --output_dir.")
+    if not out.is_dir() or not ({p.name for p in out.iterdir()} - CLMKIT_FILES):
+        return
+    if not overwrite:
+        raise ConfigError(
+            f"output folder {str(out)!r} is not empty. Pass --overwrite to replace what clmkit wrote there, "
+            "or another --output_dir."
+        )
+    clashes = sorted(set(folder.foreign()) & PREPARE_OUTPUTS)
+    if clashes:
+        raise ConfigError(
+            f"output folder {str(out)!r} holds {', '.join(clashes)}, which clmkit did not write and a prepare would "
+            "replace. Move them away, or pass another --output_dir."
+        )
 
 
 def cmd_eval(argv: Sequence[str]) -> int:
@@ -119,6 +155,8 @@ def cmd_eval(argv: Sequence[str]) -> int:
     parser.add_argument("--text_column", "--text-column", default="content", help=field_help("text_column")["help"])
     parser.add_argument("--batch_size", "--batch-size", type=int, default=64, help="Examples per forward pass.")
     source, rest = _parse(parser, argv)
+    if rest.batch_size < 1:
+        raise ConfigError(f"--batch_size must be a whole number of at least 1, got {rest.batch_size}. Pass e.g. 64.")
 
     from transformers import AutoModelForCausalLM
 
@@ -169,6 +207,8 @@ def cmd_generate(argv: Sequence[str]) -> int:
     parser.add_argument("--top_p", "--top-p", type=float, default=TOP_P, help="Nucleus sampling probability mass.")
     parser.add_argument("--seed", type=int, default=0, help="Random seed of the sampling.")
     (options,) = _parse(parser, argv)
+    check_sampling(options.max_new_tokens, options.temperature, options.top_p, None)  # before the model loads
+    check_prompts([options.prompt])
 
     from clmkit.generation import complete, load_generator
 

@@ -83,6 +83,16 @@ class SourceOptions:
     def extension_list(self) -> list[str]:
         return [e.strip() for e in self.extensions.split(",") if e.strip()]
 
+    def validate(self) -> None:
+        """Refuse a split percentage outside (0, 100) and an empty extension list, before any data is read."""
+        if not 0 < self.valid_split_percentage < 100:
+            raise ConfigError(
+                f"--valid_split_percentage must be between 0 and 100 (exclusive), got {self.valid_split_percentage}."
+                " Use e.g. 2."
+            )
+        if not self.extension_list():
+            raise ConfigError(f"--extensions {self.extensions!r} names no extension. Pass e.g. --extensions .py,.pyi.")
+
     def load(self, text_column: str) -> Any:
         """The corpus these options name (``clmkit.data.sources.load_data``)."""
         from clmkit.data.sources import load_data
@@ -108,6 +118,13 @@ class TokenizerOptions:
         metadata={"help": "A tokenizer folder or hub name to reuse. Default: train a byte-level BPE tokenizer."},
     )
     vocab_size: int = field(default=8192, metadata={"help": "Vocabulary size of the tokenizer trained here."})
+
+    def validate(self) -> None:
+        """A tokenizer trained here needs room for the 256 bytes of its alphabet and the EOS token."""
+        if self.tokenizer is None:
+            from clmkit.data.tokenizer import check_vocab_size
+
+            check_vocab_size(self.vocab_size)
 
 
 @dataclass
@@ -149,6 +166,23 @@ class RunOptions:
         },
     )
 
+    def validate(self) -> None:
+        """Prompts, new tokens and the evaluation subset that the end of the run needs, checked before it starts."""
+        from clmkit.generation import check_prompts
+        from clmkit.models import PRESETS
+
+        if self.model_preset not in PRESETS:
+            raise ConfigError(f"unknown model preset {self.model_preset!r}; presets: {', '.join(PRESETS)}.")
+        if isinstance(self.prompts, str) or not self.prompts:
+            raise ConfigError("--prompts names no prompt; the run ends with a completion of each. Pass some text.")
+        check_prompts(self.prompts)
+        if self.max_new_tokens < 1:
+            raise ConfigError(f"--max_new_tokens must be at least 1, got {self.max_new_tokens}. Pass e.g. 48.")
+        if self.periodic_eval_examples < 0:
+            raise ConfigError(
+                f"--periodic_eval_examples must be 0 (all) or more, got {self.periodic_eval_examples}. Pass e.g. 128."
+            )
+
 
 @dataclass
 class PrepareOptions:
@@ -172,6 +206,14 @@ class PrepareOptions:
             "and save nothing."
         },
     )
+
+    def validate(self) -> None:
+        from clmkit.paths import check_writable
+
+        if self.context_length < 2:
+            raise ConfigError(f"--context_length must be at least 2 tokens, got {self.context_length}.")
+        if not self.compare:
+            check_writable(self.output_dir)
 
 
 class Parser(HfArgumentParser):
@@ -202,11 +244,16 @@ def _parse(parser: Parser, argv: Sequence[str]) -> tuple[Any, ...]:
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
-        return parser.parse_args_into_dataclasses(list(argv), look_for_args_file=False)
+        parsed = parser.parse_args_into_dataclasses(list(argv), look_for_args_file=False)
     except ClmkitError:
         raise
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"invalid arguments: {' '.join(str(exc).split())}") from exc
+    for options in parsed:  # each option group checks its own values, before any work
+        validate = getattr(options, "validate", None)
+        if callable(validate):
+            validate()
+    return parsed
 
 
 # ---- configuration files ------------------------------------------------------------------------
@@ -288,6 +335,7 @@ def parse_train_args(
     explicit = _explicit_keys(argv, config)
     if ("num_train_epochs" in explicit or source.streaming) and "max_steps" not in explicit:
         args.max_steps = -1  # epochs when asked for; a stream's steps are the user's call, not clmkit's budget
+    validate_train_options(run, args)
     values: dict[str, Any] = {"output_dir": args.output_dir}
     for options in (source, tok, run):
         values.update({f.name: getattr(options, f.name) for f in fields(options) if f.init and f.name not in NOT_SAVED})
@@ -302,6 +350,31 @@ def parse_train_args(
         }
     )
     return source, tok, run, args, values
+
+
+def validate_train_options(run: RunOptions, args: ClmTrainingArguments) -> None:
+    """What no single option group can check alone, before the tokenizer trains or data is read: the model's
+    shape and context against the generation options, the plugins' keyword arguments by type, and that the
+    output folder can be written."""
+    from clmkit.args import check_plugin_kwargs
+    from clmkit.generation import check_sampling
+    from clmkit.models import gpt2_config
+    from clmkit.paths import check_writable
+
+    if args.max_steps == -1 and not args.num_train_epochs > 0:
+        raise ConfigError(
+            f"--num_train_epochs must be above 0, got {args.num_train_epochs}. Pass e.g. --num_train_epochs 1, "
+            "or --max_steps N."
+        )
+    config = gpt2_config(run.model_preset, 257, args.context_length, 0, parse_overrides(run.config_overrides))
+    if config.n_positions < args.context_length:
+        raise ConfigError(
+            f"--context_length {args.context_length} exceeds the model's n_positions {config.n_positions} "
+            f"(set in --config_overrides). Lower --context_length, or set n_positions >= {args.context_length}."
+        )
+    check_sampling(run.max_new_tokens, 1.0, 1.0, config.n_positions)
+    check_plugin_kwargs(args)
+    check_writable(str(args.output_dir))
 
 
 @dataclass

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import re
+from array import array
+from collections import deque
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -61,6 +64,60 @@ def _map_options(dataset: Dataset | IterableDataset, num_proc: int | None, desc:
     return {} if isinstance(dataset, IterableDataset) else {"num_proc": num_proc, "desc": desc}
 
 
+# a document longer than this (in characters) is tokenized piece by piece: a tokenizer holds ~100 bytes per
+# token of a text it encodes at once, so one 50 MB line would take gigabytes
+MAX_PIECE_CHARS = 1 << 18
+_BOUNDARY = re.compile(r"\s(?=\S)")  # the last whitespace before a non-whitespace: a pre-tokenizer split point
+
+
+def text_pieces(text: str, size: int = MAX_PIECE_CHARS) -> Iterator[str]:
+    """``text`` in pieces of at most about ``size`` characters, each cut before the last whitespace character
+    ahead of a word, where GPT-2's byte-level pre-tokenizer splits anyway, so the pieces' tokens joined are
+    the text's tokens. Text without such a point within half a piece is cut hard."""
+    start = 0
+    while len(text) - start > size:
+        end = start + size
+        last = deque(_BOUNDARY.finditer(text, start + size // 2, end), maxlen=1)
+        cut = last[0].start() if last and last[0].start() > start else end
+        yield text[start:cut]
+        start = cut
+    yield text[start:]
+
+
+def encode_long(tokenizer: Any, text: str, size: int | None = None) -> Any:
+    """The token ids of a long text (no special tokens), encoded piece by piece into a compact int array
+    (int32, 4 bytes a token, where a Python list takes about 36)."""
+    import numpy as np
+
+    backend = getattr(tokenizer, "backend_tokenizer", None)  # a fast tokenizer: no BatchEncoding lists
+    ids = array("q")
+    for piece in text_pieces(text, size or MAX_PIECE_CHARS):
+        if backend is not None:
+            ids.extend(backend.encode(piece, add_special_tokens=False).ids)
+        else:
+            ids.extend(tokenizer(piece, add_special_tokens=False)["input_ids"])
+    wide = np.frombuffer(ids, dtype=np.int64)
+    return wide.astype(np.int32) if len(wide) == 0 or int(wide.max()) < 2**31 else wide
+
+
+def encode_texts(tokenizer: Any, texts: list[str], size: int | None = None) -> list[Any]:
+    """``tokenizer(texts)["input_ids"]``, with documents longer than ``size`` characters encoded in pieces."""
+    size = size or MAX_PIECE_CHARS
+    if all(len(t) <= size for t in texts):
+        return tokenizer(texts, add_special_tokens=False)["input_ids"]
+    short = [i for i, t in enumerate(texts) if len(t) <= size]
+    out: list[Any] = [None] * len(texts)
+    if short:
+        for i, ids in zip(
+            short, tokenizer([texts[i] for i in short], add_special_tokens=False)["input_ids"], strict=True
+        ):
+            out[i] = ids
+    for i, text in enumerate(texts):
+        if out[i] is None:
+            out[i] = encode_long(tokenizer, text, size)
+    return out
+
+
 def tokenize_documents(
     dataset: Dataset | IterableDataset, tokenizer: Any, text_column: str, num_proc: int | None = None
 ) -> Dataset | IterableDataset:
@@ -74,7 +131,7 @@ def tokenize_documents(
 
     def encode(batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
         texts = [t if isinstance(t, str) else "" for t in batch[text_column]]
-        return {"input_ids": tokenizer(texts, add_special_tokens=False)["input_ids"]}
+        return {"input_ids": encode_texts(tokenizer, texts)}
 
     return dataset.map(encode, batched=True, remove_columns=columns, **_map_options(dataset, num_proc, "Tokenizing"))
 
@@ -84,13 +141,26 @@ def chunk_dataset(
     chunker: Callable[[dict[str, list[Any]]], dict[str, list[Any]]],
     num_proc: int | None = None,
 ) -> Dataset | IterableDataset:
-    """Apply a chunker to tokenized documents with a batched ``map`` (lazily, for a stream)."""
-    return tokenized.map(
+    """Apply a chunker to tokenized documents with a batched ``map`` (lazily, for a stream).
+
+    A chunker class that sets ``numpy_batches = True`` itself receives each document's tokens as a numpy
+    array (4 bytes a token instead of a Python int's ~36), which bounds the memory of very long documents.
+    The flag is not inherited: a subclass that overrides ``__call__`` (e.g. to edit the token lists) gets
+    lists unless it opts in too.
+    """
+    as_numpy = (
+        type(chunker).__dict__.get("numpy_batches", False)
+        and isinstance(tokenized, Dataset)
+        and tokenized.format["type"] is None
+    )
+    source = tokenized.with_format("numpy") if as_numpy else tokenized
+    chunked = source.map(
         chunker,
         batched=True,
         remove_columns=tokenized.column_names or ["input_ids"],  # a mapped stream has no schema: tokens only
         **_map_options(tokenized, num_proc, "Chunking"),
     )
+    return chunked.with_format(None) if as_numpy else chunked
 
 
 def chunk_stats(tokenized: Dataset, chunked: Dataset, chunker: Chunker) -> ChunkStats:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import logging
 import sysconfig
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -21,11 +22,33 @@ from datasets import Dataset, DatasetDict
 
 from clmkit.errors import ConfigError, DataError
 
+logger = logging.getLogger(__name__)
+
 # a loader of `datasets` per data file suffix; .txt files are read whole, one document per file
 DATA_FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
 TEXT_FILE_SUFFIX = ".txt"
 SKIPPED_FOLDERS = frozenset({"site-packages", "__pycache__", "node_modules"})
 VALIDATION_SPLIT_NAMES = ("validation", "valid", "test")
+BINARY_SNIFF_BYTES = 8192  # a NUL byte in a file's first bytes marks it as binary (text never holds one)
+MAX_UNDECODABLE_FRACTION = 0.5  # above this share of replacement characters a file is garbage, not text
+MAX_CONTROL_FRACTION = 0.1  # above this share of control bytes (not tab, newline, ...) a file is binary
+_CONTROL_BYTES = bytes(b for b in range(32) if b not in b"\t\n\r\x0b\x0c\x1b")
+
+
+def decode_document(raw: bytes) -> tuple[str | None, bool]:
+    """A file's text and whether it needed replacement characters; ``None`` for a binary or garbage file:
+    a NUL byte near its start, more than 10% control bytes, or more than half of it undecodable as UTF-8
+    (a file in another encoding, e.g. Latin-1 or KOI8-R, keeps its text with replacement characters)."""
+    head = raw[:BINARY_SNIFF_BYTES]
+    if b"\x00" in head or len(head) - len(head.translate(None, _CONTROL_BYTES)) > MAX_CONTROL_FRACTION * len(head):
+        return None, False
+    try:
+        return raw.decode("utf-8"), False
+    except UnicodeDecodeError:
+        text = raw.decode("utf-8", errors="replace")
+    if text.count("\ufffd") > MAX_UNDECODABLE_FRACTION * len(text):
+        return None, True
+    return text, True
 
 
 @dataclass(frozen=True)
@@ -43,10 +66,48 @@ class Corpus:
     tokenizer: Any = None
 
     @classmethod
-    def of(cls, splits: Mapping[str, Any], source: str, non_utf8_files: int = 0) -> Corpus:
-        """A raw corpus of in-memory splits, its ``info`` counted from them."""
+    def of(cls, splits: Mapping[str, Any], source: str, non_utf8_files: int = 0, binary_files: int = 0) -> Corpus:
+        """A raw corpus of in-memory splits, its ``info`` counted from them.
+
+        A corpus of a single document (one file, one row) is split inside that document, so that it
+        has a validation split: see ``split_lone_document``.
+        """
+        splits = split_lone_document(splits)
         documents = {name: len(split) for name, split in splits.items()}
-        return cls(splits, {"source": source, "documents": documents, "non_utf8_files": non_utf8_files})
+        info = {"source": source, "documents": documents, "non_utf8_files": non_utf8_files}
+        if binary_files:
+            info["skipped_binary_files"] = binary_files
+        return cls(splits, info)
+
+
+def split_lone_document(splits: Mapping[str, Any], text_column: str | None = None) -> Mapping[str, Any]:
+    """Splits whose validation split is empty because the corpus is one document: the end of that document
+    (``LONE_DOCUMENT_VALID_FRACTION`` of it, cut at a line break when there is one) becomes the validation
+    split, the rest trains. Other splits are returned as they are."""
+    train, valid = splits.get("train"), splits.get("validation")
+    if not isinstance(train, Dataset) or not isinstance(valid, Dataset) or len(valid) or len(train) != 1:
+        return splits
+    columns = [c for c in train.column_names if isinstance(train[0][c], str) and c != "path"]
+    column = text_column or (columns[0] if len(columns) == 1 else "content" if "content" in columns else None)
+    if column is None:
+        return splits
+    text = train[0][column]
+    if not isinstance(text, str) or len(text) < 2:
+        return splits
+    cut = max(1, int(len(text) * (1 - LONE_DOCUMENT_VALID_FRACTION)))
+    newline = text.rfind("\n", 0, cut)
+    if newline > len(text) // 2:
+        cut = newline + 1
+    row = train[0]
+    head = {k: [text[:cut] if k == column else v] for k, v in row.items()}
+    tail = {k: [text[cut:] if k == column else v] for k, v in row.items()}
+    return DatasetDict(
+        train=Dataset.from_dict(head, features=train.features),
+        validation=Dataset.from_dict(tail, features=train.features),
+    )
+
+
+LONE_DOCUMENT_VALID_FRACTION = 0.1
 
 
 def stdlib_root() -> Path:
@@ -130,24 +191,32 @@ def _files_as_corpus(
     root: Path | None, files: Sequence[Path], text_column: str, valid_percentage: float, label: str
 ) -> Corpus:
     rows: dict[str, list[str]] = {"path": [], text_column: []}
-    non_utf8 = 0
+    non_utf8 = binary = 0
     for path in files:
-        raw = path.read_bytes()
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            text = raw.decode("utf-8", errors="replace")
-            non_utf8 += 1
+        text, replaced = decode_document(path.read_bytes())
+        if text is None:
+            binary += 1
+            logger.warning("skipping %s: binary or undecodable (not UTF-8 text)", path)
+            continue
+        non_utf8 += replaced
         rows["path"].append((path.relative_to(root) if root else path).as_posix())
         rows[text_column].append(text)
     if not any(rows[text_column]):
+        if binary:
+            raise DataError(
+                f"the corpus {label!r} holds no usable text: {binary} of its {len(files)} files are binary or not "
+                "UTF-8 text (NUL bytes, or mostly undecodable) and were skipped. Point at text files "
+                "(--extensions picks which files of a directory are read)."
+            )
         raise DataError(f"the corpus {label!r} is empty: its {len(files)} files hold no text. Point at real data.")
+    if binary:
+        logger.warning("skipped %d of %d files of %r: binary or not UTF-8 text", binary, len(files), label)
     valid = split_mask(rows["path"], valid_percentage)
     splits = DatasetDict(
         train=Dataset.from_dict({k: [v for v, m in zip(col, valid, strict=True) if not m] for k, col in rows.items()}),
         validation=Dataset.from_dict({k: [v for v, m in zip(col, valid, strict=True) if m] for k, col in rows.items()}),
     )
-    return Corpus.of(splits, label, non_utf8)
+    return Corpus.of(splits, label, non_utf8, binary)
 
 
 def data_files_corpus(files: Sequence[Path], text_column: str, valid_percentage: float, label: str) -> Corpus:

@@ -131,6 +131,11 @@ class Preparer:
                     f"the {split} dataset has no text column {text_column!r}; its columns are {columns}. "
                     "Set text_column to the column that holds the text."
                 )
+            if isinstance(dataset, Dataset) and len(dataset) == 0:
+                raise DataError(
+                    f"the {split} dataset holds no document. Pass documents (a corpus of at least two files, or "
+                    "rows, gives both a train and a validation split), or leave that dataset out."
+                )
             filters = build_filters(self.plugins, specs)
             if filters:
                 self.filter_reports[split] = filters.reports

@@ -41,16 +41,19 @@ def check_stream_not_empty(examples: IterableDataset, filters: FilterChain, spli
 
 
 def _read_files(paths: Sequence[str], text_column: str) -> Iterator[dict[str, str]]:
+    from clmkit.data.corpus import decode_document
+
     for path in paths:
-        raw = Path(path).read_bytes()
-        yield {"path": path, text_column: raw.decode("utf-8", errors="replace")}
+        text, _ = decode_document(Path(path).read_bytes())
+        if text is not None:  # binary or garbage files are skipped, as when the corpus is read whole
+            yield {"path": path, text_column: text}
 
 
 def stream_files(paths: Sequence[str | Path], text_column: str = "content") -> IterableDataset:
     """One document per file (``path`` and ``text_column`` columns), read only when iterated.
 
     The file list is the stream's shards, so ``dataloader_num_workers`` workers read disjoint files.
-    Invalid UTF-8 is decoded with replacement characters.
+    Invalid UTF-8 is decoded with replacement characters; binary or garbage files are skipped.
     """
     files = [str(p) for p in paths]
     if not files:

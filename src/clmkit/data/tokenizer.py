@@ -20,6 +20,17 @@ logger = logging.getLogger(__name__)
 
 EOS = "<|endoftext|>"
 STREAM_TOKENIZER_DOCUMENTS = 10_000  # documents of a streamed train split that a new tokenizer is trained on
+MIN_VOCAB_SIZE = 257  # the 256 bytes of the byte-level alphabet, and EOS
+
+
+def check_vocab_size(vocab_size: int) -> None:
+    """A byte-level BPE vocabulary holds at least the 256 bytes and EOS; ``tokenizers`` would silently
+    return 257 tokens for anything smaller."""
+    if not isinstance(vocab_size, int) or isinstance(vocab_size, bool) or vocab_size < MIN_VOCAB_SIZE:
+        raise ConfigError(
+            f"--vocab_size {vocab_size!r} is below {MIN_VOCAB_SIZE}, the 256 bytes of the byte-level alphabet plus "
+            f"<|endoftext|>. Pass at least {MIN_VOCAB_SIZE} (e.g. 8192), or reuse a tokenizer with --tokenizer."
+        )
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int = 8192, min_frequency: int = 2) -> PreTrainedTokenizerFast:
@@ -27,6 +38,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 8192, min_frequency:
 
     ``<|endoftext|>`` is its only special token and serves as BOS, EOS and pad, as in GPT-2.
     """
+    check_vocab_size(vocab_size)
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()

@@ -18,7 +18,7 @@ class TokenCounter(TrainerCallback, ExportableState):
 
     The counts are saved in every checkpoint (``stateful_callbacks`` of ``trainer_state.json``)
     and continue on resume; throughput is measured over this session only, so a resumed run
-    reports its true speed. Counting stays on the device until a log step.
+    reports its true speed. Counting stays on the device until a log step or a checkpoint save.
     """
 
     def __init__(self, slots: int = 0, tokens: int = 0, targets: int = 0) -> None:
@@ -52,8 +52,12 @@ class TokenCounter(TrainerCallback, ExportableState):
         )
         self._pending = counts if self._pending is None else self._pending + counts
 
-    def logs(self, accelerator: Any) -> dict[str, float]:
-        """Fold pending counts (summed over processes) into the totals; return them for a log line."""
+    def fold(self, accelerator: Any) -> None:
+        """Add the pending counts (summed over processes) to the totals.
+
+        Every process must call it (it all-reduces). Both paths call it before saving a checkpoint, so the
+        counts a checkpoint keeps are exact, not those of the last log step.
+        """
         if self._pending is not None:
             pending = (
                 accelerator.reduce(self._pending, reduction="sum") if accelerator.num_processes > 1 else self._pending
@@ -64,6 +68,10 @@ class TokenCounter(TrainerCallback, ExportableState):
             self.targets += targets
             self._session_tokens += tokens
             self._pending = None
+
+    def logs(self, accelerator: Any) -> dict[str, float]:
+        """Fold pending counts (summed over processes) into the totals; return them for a log line."""
+        self.fold(accelerator)
         elapsed = time.perf_counter() - (self._session_start or time.perf_counter())
         return {
             "tokens_seen": self.tokens,

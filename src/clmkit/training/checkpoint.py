@@ -1,31 +1,71 @@
-"""Checkpoints that are checked before anything is loaded: complete, and made with this run's settings.
+"""Checkpoints that are never lost, never half-read, and never run code.
 
-Both training paths write ``clmkit_checkpoint.json`` last into every ``checkpoint-N`` folder: the
-data position, the settings an exact resume depends on (model config, data preparation, batch
-layout), and a manifest of every file of the folder with its size. ``read_checkpoint`` checks the
-manifest (a killed save, a copied or pruned folder) and the settings, and names every problem,
-before the caller loads anything.
+Both training paths save a checkpoint the same way (``CheckpointWriter``): every file is written into
+``<output_dir>/.partial-checkpoint-N``; then ``clmkit_checkpoint.json`` is written last (the data position,
+the settings an exact resume depends on, and a manifest of every file of the folder with its size and
+SHA-256); the files are flushed to disk; the folder is renamed to ``checkpoint-N``; and only then are older
+checkpoints rotated away (``rotate_checkpoints``: clmkit's own checkpoints only, never the newest). A run
+killed at any moment therefore leaves its previous checkpoint, or the new one, complete.
+
+Before anything is loaded from a checkpoint, ``verify_checkpoint`` checks it against its manifest: a
+missing, truncated or changed file (same size, other content) and a file the save did not write are all
+refused. ``read_checkpoint`` also compares the settings. ``newest_complete_checkpoint`` is what
+``resume_from_checkpoint=True`` (and the CLI's ``last``) resumes from: the newest complete checkpoint,
+naming the incomplete ones it skipped.
+
+clmkit writes what it keeps itself (the loop's LR scheduler and RNG states) as JSON, which cannot run
+code when read; what transformers and accelerate write as pickles (``optimizer.pt``, ``rng_state.pth``,
+``optimizer.bin``) they read back with ``torch.load(weights_only=True)``, which cannot run code either.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
+import logging
+import os
+import random
+import re
+import shutil
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
+import numpy as np
+import torch
 from transformers import PreTrainedModel
-from transformers.trainer_utils import get_last_checkpoint
 
 from clmkit.args import ClmTrainingArguments
 from clmkit.errors import ClmkitError
 
+logger = logging.getLogger(__name__)
+
 STATE_FILE = "clmkit_checkpoint.json"
+FORMAT = "clmkit-checkpoint"
+VERSION = 2  # 1: sizes only (clmkit 0.2); 2: sizes and SHA-256
+PARTIAL_PREFIX = ".partial-"  # a save in progress, or one a kill interrupted
+DELETING_PREFIX = ".deleting-"  # a checkpoint being removed (rotation, or a step saved again)
+SCHEDULER_FILE = "scheduler_state.json"  # the loop's LR scheduler state
+RNG_FILE = "rng_state_{}.json"  # the loop's RNG states, one file per process
+_CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d+)$")
 # model config keys that describe the software, not the model
 _VOLATILE_CONFIG_KEYS = ("transformers_version", "_name_or_path", "architectures", "dtype", "torch_dtype")
+_RETRY = (
+    "Resume from another checkpoint-N folder (--resume_from_checkpoint last takes the newest complete one), "
+    "or copy the checkpoint again."
+)
 
 
 class CheckpointError(ClmkitError):
-    """A checkpoint is incomplete, or was made with other settings than the run resuming from it."""
+    """A checkpoint is incomplete, damaged, or was made with other settings than the run resuming from it."""
+
+
+def fault_point(stage: str) -> None:
+    """A named stage of a checkpoint save. It does nothing: tests replace it to stop a save there, as a kill would."""
+
+
+# ---- settings -------------------------------------------------------------------------------------
 
 
 def run_settings(
@@ -54,43 +94,176 @@ def run_settings(
     return json.loads(json.dumps({"model": config, "data": data, "data order": order}, default=str))
 
 
+def setting_differences(saved: dict[str, dict[str, Any]], current: dict[str, dict[str, Any]]) -> list[str]:
+    """``"<group> <key>: <saved> in the checkpoint, <current> now"`` for every setting that differs."""
+    differences = []
+    for group in sorted(set(saved) | set(current)):
+        old, new = saved.get(group, {}), current.get(group, {})
+        for key in sorted(set(old) | set(new)):
+            if old.get(key) != new.get(key):
+                differences.append(f"{group} {key}: {old.get(key)!r} in the checkpoint, {new.get(key)!r} now")
+    return differences
+
+
+# ---- the manifest -----------------------------------------------------------------------------------
+
+
+def _digest(path: Path) -> str:
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems cannot sync a folder
+        pass
+    finally:
+        os.close(fd)
+
+
+def _files(folder: Path) -> list[Path]:
+    """Every file under ``folder`` except the manifest, sorted."""
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p != folder / STATE_FILE)
+
+
 def write_checkpoint_state(folder: Path, position: dict[str, int], settings: dict[str, dict[str, Any]]) -> None:
-    """Write ``clmkit_checkpoint.json`` last: position, settings, and the manifest of the files already there."""
-    files = {p.relative_to(folder).as_posix(): p.stat().st_size for p in sorted(folder.rglob("*")) if p.is_file()}
-    state = {"position": position, "settings": settings, "files": files}
-    (folder / STATE_FILE).write_text(json.dumps(state, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    """Flush every file of ``folder`` to disk, then write ``clmkit_checkpoint.json`` last: position, settings,
+    and the manifest (size and SHA-256 of each file)."""
+    files = {}
+    for path in _files(folder):
+        with path.open("rb") as f:
+            digest = hashlib.file_digest(f, "sha256").hexdigest()
+            os.fsync(f.fileno())
+        files[path.relative_to(folder).as_posix()] = {"size": path.stat().st_size, "sha256": digest}
+    state = {"format": FORMAT, "version": VERSION, "position": position, "settings": settings, "files": files}
+    tmp = folder / f".{STATE_FILE}.tmp"
+    with tmp.open("w", encoding="utf-8") as f:
+        f.write(json.dumps(state, indent=2, sort_keys=True) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, folder / STATE_FILE)
+    for sub in {p.parent for p in folder.rglob("*")} | {folder}:
+        _fsync(sub)
+
+
+def _load_manifest(folder: Path) -> dict[str, Any] | None:
+    """The parsed manifest if it is one clmkit writes (any version), else ``None``."""
+    try:
+        state = json.loads((folder / STATE_FILE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    if not isinstance(state, dict) or not {"position", "settings", "files"} <= set(state):
+        return None
+    if not isinstance(state["files"], dict) or not isinstance(state["position"], dict):
+        return None
+    return state
+
+
+def is_clmkit_checkpoint(folder: str | Path) -> bool:
+    """Whether ``folder`` holds a manifest that clmkit wrote: the only folders clmkit ever deletes or replaces."""
+    folder = Path(folder)
+    return folder.is_dir() and (folder / STATE_FILE).is_file() and _load_manifest(folder) is not None
+
+
+# fingerprint (name, size, mtime of every file) -> manifest, for folders already verified in this process:
+# resolving ``last`` and then resuming hashes a checkpoint once, not twice
+_verified: dict[str, tuple[tuple[tuple[str, int, int], ...], dict[str, Any]]] = {}
+
+
+def _fingerprint(folder: Path) -> tuple[tuple[str, int, int], ...]:
+    return tuple(
+        (p.relative_to(folder).as_posix(), p.stat().st_size, p.stat().st_mtime_ns)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    )
+
+
+def checkpoint_problems(folder: str | Path) -> tuple[list[str], dict[str, Any] | None]:
+    """What is wrong with ``folder`` as a complete clmkit checkpoint (nothing: ``[]``), and its manifest."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return [f"checkpoint folder {folder} does not exist"], None
+    if not (folder / STATE_FILE).is_file():
+        return [
+            f"{STATE_FILE} is missing (it is written last: the save did not finish, or another tool made the folder)"
+        ], None
+    state = _load_manifest(folder)
+    if state is None:
+        return [f"{STATE_FILE} is damaged or not clmkit's (not the JSON manifest clmkit writes)"], None
+    key = str(folder.resolve())
+    fingerprint = _fingerprint(folder)
+    if key in _verified and _verified[key][0] == fingerprint:
+        return [], _verified[key][1]
+    files: dict[str, Any] = state["files"]
+    if state.get("format") != FORMAT or state.get("version") != VERSION:
+        return [
+            f"it was written by an older clmkit (manifest version {state.get('version', 1)}, without content "
+            "hashes), so damage to its files cannot be detected"
+        ], None
+    unsafe = sorted(n for n in files if not isinstance(n, str) or Path(n).is_absolute() or ".." in Path(n).parts)
+    if unsafe:
+        return [f"its manifest names files outside the folder: {', '.join(map(str, unsafe))}"], None
+    missing, truncated, changed = [], [], []
+    for name, entry in sorted(files.items()):
+        path = folder / name
+        if not isinstance(entry, dict) or not {"size", "sha256"} <= set(entry):
+            changed.append(f"{name} (no size and hash in the manifest)")
+        elif not path.is_file():
+            missing.append(name)
+        elif path.stat().st_size != entry["size"]:
+            truncated.append(f"{name} ({path.stat().st_size} of {entry['size']} bytes)")
+        elif _digest(path) != entry["sha256"]:
+            changed.append(f"{name} (same size, other content)")
+    unexpected = [n for n in (p.relative_to(folder).as_posix() for p in _files(folder)) if n not in files]
+    problems = (
+        ([f"missing {', '.join(missing)}"] if missing else [])
+        + ([f"truncated {', '.join(truncated)}"] if truncated else [])
+        + ([f"changed {', '.join(changed)}"] if changed else [])
+        + ([f"unexpected {', '.join(unexpected)} (not written by the save)"] if unexpected else [])
+    )
+    if problems:
+        return problems, None
+    _verified[key] = (fingerprint, state)
+    return [], state
+
+
+def verify_checkpoint(folder: str | Path) -> dict[str, Any]:
+    """The manifest of ``folder``, after checking every file against it; reads nothing else.
+
+    Raises ``CheckpointError`` naming every missing, truncated, changed or unexpected file.
+    """
+    folder = Path(folder)
+    problems, state = checkpoint_problems(folder)
+    if state is not None:
+        return state
+    if not folder.is_dir():
+        raise CheckpointError(
+            f"checkpoint folder {folder} does not exist. Nothing was loaded. Pass a checkpoint-N folder, or resume "
+            "from the newest complete one (resume_from_checkpoint=True, or --resume_from_checkpoint last)."
+        )
+    if not (folder / STATE_FILE).is_file():
+        raise CheckpointError(
+            f"{folder} is not a complete clmkit checkpoint: {problems[0]}. Nothing was loaded. {_RETRY}"
+        )
+    if "older clmkit" in problems[0]:
+        raise CheckpointError(
+            f"checkpoint {folder} cannot be checked: {problems[0]}. Nothing was loaded. Resume it with the clmkit "
+            "version that wrote it, or start a new run (no resume_from_checkpoint)."
+        )
+    raise CheckpointError(
+        f"checkpoint {folder} is incomplete or damaged: {'; '.join(problems)}. Nothing was loaded. {_RETRY}"
+    )
 
 
 def read_checkpoint(folder: str | Path, settings: dict[str, dict[str, Any]]) -> dict[str, int]:
-    """The data position saved in ``folder``, after checking that it is complete and made with ``settings``.
+    """The data position saved in ``folder``, after checking that it is complete, undamaged and made with ``settings``.
 
-    Raises ``CheckpointError`` naming every missing or truncated file, or every setting that differs.
+    Raises ``CheckpointError`` naming every missing, truncated, changed or unexpected file, or every setting
+    that differs. Nothing but the folder's file listing, its files' bytes and its manifest is read.
     """
-    folder = Path(folder)
-    state_file = folder / STATE_FILE
-    if not folder.is_dir():
-        raise CheckpointError(f"checkpoint folder {folder} does not exist. Pass a checkpoint-N folder of a loop run.")
-    if not state_file.is_file():
-        raise CheckpointError(
-            f"{folder} is not a complete clmkit checkpoint: {STATE_FILE} is missing (it is written last: the "
-            "save did not finish, or another tool made the folder). Nothing was loaded. Resume from another "
-            "checkpoint-N folder."
-        )
-    saved = json.loads(state_file.read_text(encoding="utf-8"))
-    missing = sorted(name for name in saved["files"] if not (folder / name).is_file())
-    truncated = sorted(
-        f"{name} ({(folder / name).stat().st_size} of {size} bytes)"
-        for name, size in saved["files"].items()
-        if name not in missing and (folder / name).stat().st_size != size
-    )
-    if missing or truncated:
-        problems = ([f"missing {', '.join(missing)}"] if missing else []) + (
-            [f"truncated {', '.join(truncated)}"] if truncated else []
-        )
-        raise CheckpointError(
-            f"checkpoint {folder} is incomplete: {'; '.join(problems)}. Nothing was loaded. "
-            "Resume from another checkpoint-N folder, or copy the checkpoint again."
-        )
+    saved = verify_checkpoint(folder)
     differences = setting_differences(saved["settings"], settings)
     if differences:
         raise CheckpointError(
@@ -101,22 +274,233 @@ def read_checkpoint(folder: str | Path, settings: dict[str, dict[str, Any]]) -> 
     return saved["position"]
 
 
+# ---- which checkpoint to resume from --------------------------------------------------------------
+
+
+def _steps(output_dir: Path, prefix: str = "") -> list[tuple[int, Path]]:
+    """``(step, folder)`` of every ``<prefix>checkpoint-N`` folder in ``output_dir``, newest first."""
+    if not output_dir.is_dir():
+        return []
+    found = []
+    for path in output_dir.iterdir():
+        match = _CHECKPOINT_NAME.match(path.name[len(prefix) :]) if path.name.startswith(prefix) else None
+        if match and path.is_dir():
+            found.append((int(match.group(1)), path))
+    return sorted(found, reverse=True)
+
+
+def newest_complete_checkpoint(output_dir: str | Path) -> tuple[Path | None, list[str]]:
+    """The newest ``checkpoint-N`` folder of ``output_dir`` that is complete and undamaged (``None``: none is),
+    and ``"<name>: <reason>"`` for each newer folder skipped on the way (unfinished saves included).
+
+    Each candidate is checked against its manifest (sizes and hashes) before it is chosen; nothing is loaded.
+    """
+    output_dir = Path(output_dir)
+    skipped: list[str] = []
+    chosen: Path | None = None
+    chosen_step = -1
+    for step, folder in _steps(output_dir):
+        problems, _ = checkpoint_problems(folder)
+        if not problems:
+            chosen, chosen_step = folder, step
+            break
+        skipped.append(f"{folder.name}: {'; '.join(problems)}")
+    unfinished = [
+        f"{folder.name}: an unfinished save (the run stopped while writing it)"
+        for step, folder in _steps(output_dir, PARTIAL_PREFIX)
+        if step > chosen_step
+    ]
+    return chosen, unfinished + skipped
+
+
+def resolve_resume(value: str | Path | bool, output_dir: str | Path) -> tuple[Path, list[str]]:
+    """The checkpoint a resume starts from, checked complete and undamaged, and the folders skipped to find it.
+
+    ``value`` ``True`` or ``"last"``: the newest complete checkpoint of ``output_dir`` (``newest_complete_checkpoint``);
+    else the folder ``value`` itself. Raises ``CheckpointError`` (cause and fix) if there is none or it is
+    incomplete or damaged. Reads only file listings, file bytes and manifests; writes nothing.
+    """
+    if value is True or value == "last":
+        chosen, skipped = newest_complete_checkpoint(output_dir)
+        if chosen is None:
+            what = "resume_from_checkpoint=True" if value is True else "--resume_from_checkpoint last"
+            detail = f" (skipped {'; '.join(skipped)})" if skipped else ""
+            raise CheckpointError(
+                f"{what}, but {output_dir} holds no checkpoint-N folder that is complete{detail}. "
+                "Start without resuming, or pass a checkpoint folder."
+            )
+        for reason in skipped:
+            logger.warning("skipped checkpoint %s", reason)
+        return chosen, skipped
+    folder = Path(str(value))
+    verify_checkpoint(folder)
+    return folder, []
+
+
 def find_checkpoint(checkpoint: str | bool, output_dir: str) -> str:
-    """``checkpoint`` itself, or for ``True`` the last ``checkpoint-N`` in ``output_dir``."""
-    if checkpoint is not True:
-        return str(checkpoint)
-    last = get_last_checkpoint(output_dir) if Path(output_dir).is_dir() else None
-    if last is None:
-        raise CheckpointError(f"resume_from_checkpoint=True, but {output_dir} holds no checkpoint-N folder.")
-    return last
+    """``checkpoint`` itself, or for ``True`` the newest complete ``checkpoint-N`` in ``output_dir``; checked."""
+    return str(resolve_resume(checkpoint, output_dir)[0])
 
 
-def setting_differences(saved: dict[str, dict[str, Any]], current: dict[str, dict[str, Any]]) -> list[str]:
-    """``"<group> <key>: <saved> in the checkpoint, <current> now"`` for every setting that differs."""
-    differences = []
-    for group in sorted(set(saved) | set(current)):
-        old, new = saved.get(group, {}), current.get(group, {})
-        for key in sorted(set(old) | set(new)):
-            if old.get(key) != new.get(key):
-                differences.append(f"{group} {key}: {old.get(key)!r} in the checkpoint, {new.get(key)!r} now")
-    return differences
+# ---- writing: a partial folder, completed, renamed, then rotation ---------------------------------------
+
+
+class CheckpointWriter:
+    """One checkpoint save, shared by both paths: ``begin()`` gives the folder to write into (on every process),
+    ``commit()`` completes it (manifest last, flushed) and renames it to ``checkpoint-N``; ``abort()`` removes
+    the unfinished folder after an error. ``barrier`` makes every process wait for the others.
+    """
+
+    def __init__(
+        self, output_dir: str | Path, step: int, is_main: bool, barrier: Callable[[], Any] = lambda: None
+    ) -> None:
+        self.final = Path(output_dir) / f"checkpoint-{step}"
+        self.partial = self.final.with_name(PARTIAL_PREFIX + self.final.name)
+        self.is_main, self.barrier = is_main, barrier
+
+    def begin(self) -> Path:
+        if self.is_main:
+            if self.final.exists() and not is_clmkit_checkpoint(self.final):
+                raise CheckpointError(
+                    f"{self.final} exists and is not a clmkit checkpoint, so clmkit will not replace it with the "
+                    "checkpoint of this step. Move it out of the output folder, or train into another output_dir."
+                )
+            if self.partial.exists():  # a save of this step a kill interrupted
+                shutil.rmtree(self.partial)
+            self.partial.mkdir(parents=True)
+        fault_point("partial folder made")
+        self.barrier()
+        return self.partial
+
+    def reached(self, stage: str) -> None:
+        fault_point(stage)
+
+    def commit(self, position: dict[str, int], settings: dict[str, dict[str, Any]]) -> Path:
+        self.barrier()  # every process has written its files
+        if self.is_main:
+            fault_point("files written")
+            write_checkpoint_state(self.partial, position, settings)
+            fault_point("manifest written")
+            old = None
+            if self.final.exists():  # this step saved again: clmkit's (checked in begin), replaced
+                old = self.final.with_name(DELETING_PREFIX + self.final.name)
+                shutil.rmtree(old, ignore_errors=True)
+                os.replace(self.final, old)
+                fault_point("previous copy moved aside")
+            os.replace(self.partial, self.final)
+            _fsync(self.final.parent)
+            fault_point("renamed")
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+        self.barrier()
+        return self.final
+
+    def abort(self) -> None:
+        if self.is_main:
+            shutil.rmtree(self.partial, ignore_errors=True)
+
+
+def rotate_checkpoints(
+    output_dir: str | Path, save_total_limit: int | None, keep: Iterable[str | Path | None] = ()
+) -> list[Path]:
+    """Delete the oldest of clmkit's checkpoints beyond ``save_total_limit``; return the deleted folders.
+
+    Only folders holding clmkit's manifest count and are deleted (never a user's ``checkpoint-old`` or
+    ``checkpoint-7`` without one); the newest by step and the folders in ``keep`` (the one just written, the
+    best one) are never deleted. Each is renamed to ``.deleting-checkpoint-N`` before it is removed, so a kill
+    midway never leaves a half-deleted ``checkpoint-N``. Leftover ``.deleting-`` folders are removed too.
+    """
+    output_dir = Path(output_dir)
+    deleted: list[Path] = []
+    if save_total_limit is not None and save_total_limit > 0:
+        ours = [folder for _, folder in reversed(_steps(output_dir)) if is_clmkit_checkpoint(folder)]  # oldest first
+        protected = {Path(k).resolve() for k in keep if k} | ({ours[-1].resolve()} if ours else set())
+        to_keep = max(save_total_limit, len(protected & {f.resolve() for f in ours}))
+        remaining = len(ours)
+        for folder in ours:
+            if remaining <= to_keep:
+                break
+            if folder.resolve() in protected:
+                continue
+            doomed = folder.with_name(DELETING_PREFIX + folder.name)
+            shutil.rmtree(doomed, ignore_errors=True)
+            os.replace(folder, doomed)
+            fault_point("rotating")
+            shutil.rmtree(doomed, ignore_errors=True)
+            deleted.append(folder)
+            remaining -= 1
+    for _, leftover in _steps(output_dir, DELETING_PREFIX):
+        shutil.rmtree(leftover, ignore_errors=True)
+    return deleted
+
+
+# ---- states clmkit keeps itself, as JSON (reading them cannot run code) ---------------------------------
+
+
+def save_json(path: str | Path, state: Any, what: str) -> None:
+    """``state`` as JSON (floats exactly: Python writes the shortest repr that reads back the same)."""
+    try:
+        text = json.dumps(state, indent=1, sort_keys=True)
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(
+            f"the {what} cannot be saved as JSON ({error}); clmkit does not write pickles into checkpoints. "
+            "Use a transformers LR scheduler (lr_scheduler_type), or train with ClmTrainer."
+        ) from error
+    Path(path).write_text(text + "\n", encoding="utf-8")
+
+
+def load_json(path: str | Path) -> Any:
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise CheckpointError(
+            f"{path} is not the JSON clmkit writes ({error}). Nothing was loaded. {_RETRY}"
+        ) from error
+
+
+def _tensor_text(t: torch.Tensor) -> str:
+    return base64.b64encode(t.cpu().numpy().tobytes()).decode("ascii")
+
+
+def _text_tensor(s: str) -> torch.Tensor:
+    return torch.frombuffer(bytearray(base64.b64decode(s)), dtype=torch.uint8).clone()
+
+
+def _device_module() -> Any:
+    """The torch module of this machine's accelerator (``torch.cuda``, ...), or ``None``."""
+    if not torch.accelerator.is_available():
+        return None
+    device = torch.accelerator.current_accelerator()
+    return torch.get_device_module(device.type) if device is not None else None
+
+
+def rng_state() -> dict[str, Any]:
+    """Python's, NumPy's, torch's and the accelerator's RNG states, as JSON-ready values."""
+    version, internal, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = cast(tuple[str, Any, int, int, float], np.random.get_state())
+    state: dict[str, Any] = {
+        "python": [version, list(internal), gauss],
+        "numpy": [name, keys.tolist(), int(pos), int(has_gauss), float(cached)],
+        "torch": _tensor_text(torch.get_rng_state()),
+    }
+    module = _device_module()
+    if module is not None:
+        states = module.get_rng_state_all() if hasattr(module, "get_rng_state_all") else [module.get_rng_state()]
+        state["device"] = [_tensor_text(s) for s in states]
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore the RNG states ``rng_state`` returned."""
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(_text_tensor(state["torch"]))
+    module = _device_module()
+    if module is not None and "device" in state:
+        states = [_text_tensor(s) for s in state["device"]]
+        if hasattr(module, "set_rng_state_all") and len(states) == module.device_count():
+            module.set_rng_state_all(states)
+        else:
+            module.set_rng_state(states[0])

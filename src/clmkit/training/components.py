@@ -17,12 +17,13 @@ import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
 from transformers import PreTrainedModel, TrainerCallback, TrainerState
-from transformers.trainer_utils import TrainOutput, enable_full_determinism, get_last_checkpoint, set_seed
+from transformers.trainer_utils import TrainOutput, enable_full_determinism, set_seed
 
 from clmkit.args import ClmTrainingArguments
 from clmkit.data.chunking import Chunker, ChunkStats
@@ -32,6 +33,7 @@ from clmkit.errors import ClmkitError, ConfigError, DataError
 from clmkit.hookspecs import Collator
 from clmkit.plugins import Plugins
 from clmkit.training.accounting import TokenCounter
+from clmkit.training.checkpoint import is_clmkit_checkpoint
 from clmkit.training.flops import MfuMeter, flops_per_token, peak_tflops
 from clmkit.training.forward import forward_for_loss
 from clmkit.training.losses import Loss
@@ -109,6 +111,12 @@ def assemble(
     )
 
 
+def _vocabulary(model: nn.Module | None) -> int | None:
+    """The number of token embeddings of ``model`` (after ``clmkit_prepare_model``), if it has a table."""
+    embeddings = getattr(model, "get_input_embeddings", lambda: None)()
+    return getattr(embeddings, "num_embeddings", None)
+
+
 def check_tokenizer_and_model(tokenizer: Any, model: nn.Module | None, context_length: int) -> None:
     """Refuse a tokenizer without EOS, and a model whose vocabulary or positions are too small."""
     if tokenizer.eos_token_id is None:
@@ -120,8 +128,7 @@ def check_tokenizer_and_model(tokenizer: Any, model: nn.Module | None, context_l
         tokenizer.pad_token = tokenizer.eos_token
     if model is None:
         return
-    embeddings = getattr(model, "get_input_embeddings", lambda: None)()
-    vocab = getattr(embeddings, "num_embeddings", None)
+    vocab = _vocabulary(model)
     if vocab is not None and vocab < len(tokenizer):
         raise DataError(
             f"the model's vocabulary ({vocab} embeddings) is smaller than the tokenizer's ({len(tokenizer)} tokens): "
@@ -207,15 +214,119 @@ def training_log_values(
     return values, meter
 
 
-def check_finite_loss(loss: Tensor, step: int, output_dir: str | None) -> None:
-    """Stop a run whose loss became NaN or inf, naming the optimizer step and the last good checkpoint."""
-    if torch.isfinite(loss):
+DIVERGENCE_FACTOR = 1000.0  # a loss this many times the run's first one has diverged (lr 100: 8.5e8 from 9)
+
+
+class DivergedError(NonFiniteLossError):
+    """The training loss exploded past its bound, or the final evaluation is not finite."""
+
+
+class DivergenceGuard:
+    """Stops a run whose training loss became NaN or inf, or exploded: above ``max_loss`` when set, else above
+    ``DIVERGENCE_FACTOR`` times the first loss this session saw.
+
+    The default is relative because a loss plugin's objective has its own scale (z-loss, weighted losses),
+    so no bound in nats fits every loss; a diverging run leaves any such scale within steps.
+    """
+
+    def __init__(self, max_loss: float | None) -> None:
+        self.max_loss = max_loss
+        self.first: float | None = None
+
+    def check(self, loss: Tensor, step: int, output_dir: str | None) -> None:
+        """Raise ``NonFiniteLossError`` / ``DivergedError`` naming ``step`` and the last good checkpoint."""
+        value = float(loss.detach().float().item())
+        if self.first is None and math.isfinite(value) and value > 0:
+            self.first = value
+        bound = self.max_loss
+        if bound is None:
+            bound = DIVERGENCE_FACTOR * self.first if self.first is not None else None
+        check_finite_loss(value, step, output_dir, bound)
+
+
+def check_finite_loss(loss: Tensor | float, step: int, output_dir: str | None, max_loss: float | None = None) -> None:
+    """Stop a run whose loss became NaN or inf, or exploded above ``max_loss`` (no bound when ``None``), naming
+    the optimizer step and the newest complete checkpoint whose weights are all finite."""
+    value = float(loss.detach().float().item()) if isinstance(loss, Tensor) else float(loss)
+    if math.isfinite(value) and (max_loss is None or value <= max_loss):
         return
-    last = get_last_checkpoint(output_dir) if output_dir and os.path.isdir(output_dir) else None
-    raise NonFiniteLossError(
-        f"the training loss became {loss.item()} at optimizer step {step}. "
-        f"Last good checkpoint: {last or 'none saved yet'}. Lower the learning rate, enable gradient "
-        "clipping (max_grad_norm), or use bf16 instead of fp16, then resume from that checkpoint."
+    bound = math.inf if max_loss is None else max_loss
+    last = last_finite_checkpoint(output_dir)
+    error: type[NonFiniteLossError] = NonFiniteLossError
+    what = str(value)
+    if math.isfinite(value):
+        what, error = f"{value:.4g}, above max_loss {bound:.4g} (the run has diverged)", DivergedError
+    raise error(
+        f"the training loss became {what} at optimizer step {step}. Last good checkpoint: "
+        f"{last or 'none saved yet'}. {divergence_advice()}, then "
+        + ("resume from that checkpoint." if last else "train again.")
+    )
+
+
+def divergence_advice() -> str:
+    """What to change after a divergence; bf16 is advised only where this device can train in it."""
+    advice = "Lower the learning rate, enable gradient clipping (max_grad_norm)"
+    if torch.cuda.is_available():
+        if torch.cuda.is_bf16_supported():
+            return advice + ", or use bf16 instead of fp16"
+        return advice + ", or train in fp32 instead of fp16"
+    return advice
+
+
+def checkpoint_is_finite(folder: str | os.PathLike[str]) -> bool | None:
+    """Whether every floating-point tensor of a checkpoint's safetensors weights is finite; ``None`` when it
+    holds no safetensors file (pickled weights are never loaded to check them)."""
+    from pathlib import Path
+
+    from safetensors import safe_open
+
+    files = sorted(Path(folder).glob("*.safetensors"))
+    if not files:
+        return None
+    try:
+        for file in files:
+            with safe_open(str(file), framework="pt") as weights:
+                for key in weights.keys():  # noqa: SIM118 - safe_open has no __iter__
+                    tensor = weights.get_tensor(key)
+                    if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                        return False
+    except Exception:  # a truncated or corrupt file: not a checkpoint to resume from
+        return False
+    return True
+
+
+def last_finite_checkpoint(output_dir: str | os.PathLike[str] | None) -> str | None:
+    """The newest ``checkpoint-N`` in ``output_dir`` whose weights are all finite (read from safetensors only)."""
+    import re
+    from pathlib import Path
+
+    if not output_dir or not os.path.isdir(output_dir):
+        return None
+    steps = []
+    for path in Path(output_dir).iterdir():
+        match = re.fullmatch(r"checkpoint-(\d+)", path.name)
+        if match and path.is_dir():
+            steps.append((int(match.group(1)), path))
+    for _, path in sorted(steps, reverse=True):
+        if is_clmkit_checkpoint(path) and checkpoint_is_finite(path):  # complete, and its weights finite
+            return str(path)
+    return None
+
+
+def check_final_eval(metrics: Mapping[str, float], output_dir: str | os.PathLike[str] | None = None) -> None:
+    """Refuse to report a run whose final evaluation is not finite (loss NaN, perplexity inf) as a success."""
+    loss = metrics.get("eval_loss")
+    perplexity = metrics.get("eval_perplexity")
+    bad = [(k, v) for k, v in (("eval_loss", loss), ("eval_perplexity", perplexity)) if v is not None]
+    bad = [(k, v) for k, v in bad if not math.isfinite(float(v))]
+    if not bad:
+        return
+    last = last_finite_checkpoint(output_dir)
+    found = ", ".join(f"{k} {v}" for k, v in bad)
+    raise DivergedError(
+        f"the final evaluation gave {found}: the model diverged and is not a usable result. Last good checkpoint: "
+        f"{last or 'none saved'}. {divergence_advice()}, then train again"
+        + (f" or resume from {last}." if last else ".")
     )
 
 
@@ -228,10 +339,13 @@ class TrainingRun(Protocol):
     accelerator: Any
     eval_dataset: Any
     token_counter: TokenCounter
+    plugins: Plugins
     data_stats: dict[str, ChunkStats]
     filter_reports: dict[str, list[FilterReport]]
 
     def add_callback(self, callback: TrainerCallback | type[TrainerCallback]) -> None: ...
+
+    def check_resume(self, checkpoint: str | Path | bool) -> str: ...
 
     def train(self, resume_from_checkpoint: str | bool | None = None) -> TrainOutput: ...
 

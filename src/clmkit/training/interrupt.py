@@ -15,8 +15,10 @@ class SaveOnInterrupt(TrainerCallback):
 
     Use it as a context manager around ``trainer.train()`` (``with SaveOnInterrupt() as cb:
     trainer.add_callback(cb); trainer.train()``): it handles SIGINT only inside the block and only
-    in the main thread, so a later Ctrl-C behaves as usual. A second Ctrl-C interrupts at once.
-    The checkpoint is written even with ``save_strategy="no"``; resume with
+    in the main thread, so a later Ctrl-C behaves as usual. A second Ctrl-C interrupts at once: a
+    checkpoint it stops mid-save is removed, never left half-written under a ``checkpoint-N`` name, so the
+    newest complete checkpoint (``clmkit.training.checkpoint.newest_complete_checkpoint``) is the one to
+    name. The checkpoint is written even with ``save_strategy="no"``; resume with
     ``trainer.train(resume_from_checkpoint=...)``.
     """
 

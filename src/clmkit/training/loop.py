@@ -14,7 +14,7 @@ import itertools
 import logging
 import math
 import os
-import shutil
+import pickle
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -29,7 +29,7 @@ from torch import nn
 from torch.utils.data import DataLoader, RandomSampler, SequentialSampler
 from transformers import PreTrainedModel, Trainer, TrainerCallback, get_scheduler
 from transformers.integrations import get_reporting_integration_callbacks
-from transformers.trainer import TRAINER_STATE_NAME, TRAINING_ARGS_NAME
+from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_callback import (
     CallbackHandler,
     DefaultFlowCallback,
@@ -45,14 +45,26 @@ from transformers.trainer_utils import (
     TrainOutput,
     enable_full_determinism,
     has_length,
-    rotate_checkpoints,
     set_seed,
 )
 
 from clmkit.args import ClmTrainingArguments
 from clmkit.errors import ConfigError
 from clmkit.training import components
-from clmkit.training.checkpoint import find_checkpoint, read_checkpoint, run_settings, write_checkpoint_state
+from clmkit.training.checkpoint import (
+    RNG_FILE,
+    SCHEDULER_FILE,
+    CheckpointError,
+    CheckpointWriter,
+    load_json,
+    read_checkpoint,
+    resolve_resume,
+    rng_state,
+    rotate_checkpoints,
+    run_settings,
+    save_json,
+    set_rng_state,
+)
 from clmkit.training.flops import MfuMeter
 from clmkit.training.forward import forward_for_loss
 from clmkit.training.loop_options import trainer_only_options
@@ -96,6 +108,7 @@ class ClmLoop:
         self.data_stats, self.filter_reports = run.data.stats, run.data.filter_reports
         self.token_counter, self._byte_lengths = run.token_counter, run.byte_lengths
         self._mfu: MfuMeter | None = None
+        self._divergence = components.DivergenceGuard(args.max_loss)
         self.optimizer_cls, self.optimizer_kwargs = Trainer.get_optimizer_cls_and_kwargs(args, model)
         if components.builds_own_parameter_list(self.optimizer_cls, self.optimizer_kwargs):
             raise ConfigError(
@@ -132,6 +145,7 @@ class ClmLoop:
         self.state = TrainerState()
         self.control = TrainerControl()
         self.model_wrapped: nn.Module | None = None
+        self.lr_scheduler: Any = None  # set by train()
 
     def add_callback(self, callback: TrainerCallback | type[TrainerCallback]) -> None:
         """Add a ``TrainerCallback`` (an instance or a class), as ``Trainer.add_callback`` does."""
@@ -142,8 +156,8 @@ class ClmLoop:
     def train(self, resume_from_checkpoint: str | bool | None = None) -> TrainOutput:
         """Train for ``max_steps`` (or ``num_train_epochs``); resume exactly from a ``checkpoint-N`` folder.
 
-        ``resume_from_checkpoint=True`` takes the last checkpoint in ``output_dir``. At the end the
-        model, tokenizer and arguments are saved to ``output_dir`` and pushed when ``push_to_hub``.
+        ``resume_from_checkpoint=True`` takes the newest complete checkpoint in ``output_dir``. At the end
+        the model and tokenizer are saved to ``output_dir`` and pushed when ``push_to_hub``.
         """
         args, acc = self.args, self.accelerator
         if self.train_dataset is None:
@@ -171,7 +185,8 @@ class ClmLoop:
             num_training_steps=max_steps,
             scheduler_specific_kwargs=cast(dict[str, Any], args.lr_scheduler_kwargs),  # a dict after __post_init__
         )
-        acc.register_for_checkpointing(scheduler)
+        # saved by clmkit as JSON, not registered with accelerate (which would pickle it and unpickle it unsafely)
+        self.lr_scheduler = scheduler
         self.callback_handler.optimizer, self.callback_handler.lr_scheduler = optimizer, scheduler
         self._init_state(max_steps)
         epoch, resumed = 0, None
@@ -249,7 +264,7 @@ class ClmLoop:
                 else:
                     acc.backward(loss * acc.num_processes * len(window))
             window_loss += loss.detach()
-        components.check_finite_loss(window_loss, self.state.global_step + 1, self.args.output_dir)
+        self._divergence.check(window_loss, self.state.global_step + 1, self.args.output_dir)
         return window_loss
 
     def _log_evaluate_save(self, grad_norm: torch.Tensor | None, learning_rate: float, position: dict) -> None:
@@ -349,32 +364,53 @@ class ClmLoop:
         model = self.accelerator.unwrap_model(self.model)
         return run_settings(model, self.args, self.processing_class, self.accelerator.num_processes)
 
-    def _save_checkpoint(self, position: dict[str, int]) -> None:
-        """``checkpoint-N``: accelerate's full training state, the tokenizer and config, and the data position.
+    def check_resume(self, checkpoint: str | Path | bool) -> str:
+        """The checkpoint folder ``train(resume_from_checkpoint=checkpoint)`` would resume from, checked.
 
-        Written as ``.partial-checkpoint-N`` and renamed when complete, so a killed run leaves no half
-        checkpoint under a name that ``resume_from_checkpoint=True`` would pick.
+        ``True`` (or ``"last"``) means the newest complete checkpoint of ``output_dir``. Raises
+        ``CheckpointError`` if it is missing, incomplete, damaged or made with other settings; reads only the
+        folder's files and manifest, loads nothing and writes nothing.
+        """
+        return str(self._check_resume(checkpoint)[0])
+
+    def _check_resume(self, checkpoint: str | Path | bool) -> tuple[Path, dict[str, int]]:
+        folder, _ = resolve_resume(checkpoint, str(self.args.output_dir))
+        return folder, read_checkpoint(folder, self._settings())
+
+    def _save_checkpoint(self, position: dict[str, int]) -> None:
+        """``checkpoint-N``: model and optimizer (accelerate), LR scheduler and RNG states (JSON), tokenizer,
+        config, trainer state, and the data position.
+
+        Written as ``.partial-checkpoint-N``, completed (manifest last) and renamed, then older checkpoints are
+        rotated away: a killed run always leaves a complete checkpoint (``clmkit.training.checkpoint``).
         """
         acc = self.accelerator
-        folder = Path(str(self.args.output_dir)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-        partial = folder.with_name(f".partial-{folder.name}")
+        self.token_counter.fold(acc)  # the checkpoint keeps exact counts (every process reduces)
+        step, output_dir = self.state.global_step, str(self.args.output_dir)
+        writer = CheckpointWriter(output_dir, step, acc.is_main_process, acc.wait_for_everyone)
+        partial = writer.begin()
+        try:
+            acc.save_state(str(partial))  # model (safetensors) and optimizer (read back with weights_only=True)
+            writer.reached("model and optimizer written")
+            save_json(partial / RNG_FILE.format(acc.process_index), rng_state(), "RNG state")
+            acc.wait_for_everyone()
+            if acc.is_main_process:
+                for pickled in partial.glob("random_states_*.pkl"):  # accelerate's RNG pickles, just written:
+                    pickled.unlink()  # the JSON above replaces them
+                save_json(partial / SCHEDULER_FILE, self.lr_scheduler.state_dict(), "LR scheduler state")
+                acc.unwrap_model(self.model).config.save_pretrained(partial)
+                self.processing_class.save_pretrained(partial)
+                writer.reached("config, tokenizer and scheduler written")
+                self.state.stateful_callbacks = TrainerState(
+                    stateful_callbacks=self._stateful_callbacks()
+                ).stateful_callbacks
+                self.state.save_to_json(str(partial / TRAINER_STATE_NAME))
+            final = writer.commit(position, self._settings())
+        except (Exception, KeyboardInterrupt):  # not a kill: the unfinished folder goes
+            writer.abort()
+            raise
         if acc.is_main_process:
-            shutil.rmtree(partial, ignore_errors=True)
-            partial.mkdir(parents=True)
-        acc.wait_for_everyone()
-        acc.save_state(str(partial))  # model, optimizer, scheduler, each process's RNG state
-        acc.wait_for_everyone()
-        if acc.is_main_process:
-            acc.unwrap_model(self.model).config.save_pretrained(partial)
-            self.processing_class.save_pretrained(partial)
-            self.state.stateful_callbacks = TrainerState(
-                stateful_callbacks=self._stateful_callbacks()
-            ).stateful_callbacks
-            self.state.save_to_json(str(partial / TRAINER_STATE_NAME))
-            write_checkpoint_state(partial, position, self._settings())
-            shutil.rmtree(folder, ignore_errors=True)
-            partial.rename(folder)
-            rotate_checkpoints(str(self.args.output_dir), self.args.save_total_limit)
+            rotate_checkpoints(output_dir, self.args.save_total_limit, keep=[final])
         acc.wait_for_everyone()
 
     def _resume(self, checkpoint: str | bool, dataloader: DataLoader) -> tuple[int, tuple[int, Iterator] | None]:
@@ -384,23 +420,35 @@ class ClmLoop:
         it saved that RNG; so mid-epoch the first batch is fetched before the state (RNG included) is
         loaded, as the Trainer does. At an epoch start, the iteration starts after, as it did then.
         """
-        checkpoint = find_checkpoint(checkpoint, str(self.args.output_dir))
-        position = read_checkpoint(checkpoint, self._settings())  # raises before anything is loaded
+        folder, position = self._check_resume(checkpoint)  # raises before anything is loaded
         epoch, done, rest = position["epoch"], position["batches_in_epoch"], None
         if done:
             dataloader.set_epoch(epoch)  # type: ignore[attr-defined]  # accelerate's DataLoaderShard
             batches = iter(self.accelerator.skip_first_batches(dataloader, done))
             first = next(batches, None)
             rest = (done, batches if first is None else itertools.chain([first], batches))
-        self.accelerator.load_state(str(checkpoint))  # model, optimizer, scheduler, RNG
-        self.state = TrainerState.load_from_json(os.path.join(checkpoint, TRAINER_STATE_NAME))
+        scheduler_state = load_json(folder / SCHEDULER_FILE)
+        rng = load_json(folder / RNG_FILE.format(self.accelerator.process_index))
+        try:
+            # model (safetensors) and optimizer (torch.load with weights_only=True: no code runs); no custom
+            # objects are registered, and the RNG pickle accelerate would look for is not in clmkit's checkpoints
+            self.accelerator.load_state(str(folder))
+            self.lr_scheduler.load_state_dict(scheduler_state)
+            set_rng_state(rng)
+        except (pickle.UnpicklingError, RuntimeError, ValueError, KeyError, TypeError, OSError) as error:
+            raise CheckpointError(
+                f"could not load checkpoint {folder}: {type(error).__name__}: {error}. Its files are not what "
+                "clmkit wrote. Resume from another checkpoint-N folder."
+            ) from error
+        self.state = TrainerState.load_from_json(os.path.join(folder, TRAINER_STATE_NAME))
         self.state.is_local_process_zero = self.accelerator.is_local_main_process
         self.state.is_world_process_zero = self.accelerator.is_main_process
-        logger.info("resumed from %s at step %d (epoch %d, batch %d)", checkpoint, self.state.global_step, epoch, done)
+        logger.info("resumed from %s at step %d (epoch %d, batch %d)", folder, self.state.global_step, epoch, done)
         return epoch, rest
 
     def save_model(self, output_dir: str | None = None) -> None:
-        """Model (safetensors), config, generation config, tokenizer and arguments: ``Trainer.save_model``'s layout.
+        """Model (safetensors), config, generation config and tokenizer: ``ClmTrainer.save_model``'s layout, with no
+        ``training_args.bin`` (a pickle; the CLI's ``training_args.yaml`` is the record).
 
         Every process must call it: FSDP and ZeRO-3 gather the full weights here; the main process writes.
         """
@@ -411,7 +459,6 @@ class ClmLoop:
         if acc.is_main_process:
             acc.unwrap_model(model).save_pretrained(output_dir, state_dict=state_dict)
             self.processing_class.save_pretrained(output_dir)
-            torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
         acc.wait_for_everyone()
 
     def push_to_hub(self) -> None:
@@ -425,7 +472,7 @@ class ClmLoop:
                 folder_path=str(args.output_dir),
                 commit_message="End of training",
                 token=args.hub_token,
-                ignore_patterns=[f"{PREFIX_CHECKPOINT_DIR}-*", ".partial-*"],
+                ignore_patterns=[f"{PREFIX_CHECKPOINT_DIR}-*", ".partial-*", ".deleting-*"],
             )
         self.accelerator.wait_for_everyone()
 

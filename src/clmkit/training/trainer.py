@@ -8,6 +8,7 @@ shared pieces.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,14 +17,22 @@ import torch
 from datasets import Dataset, IterableDataset
 from torch import nn
 from transformers import PreTrainedModel, Trainer
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, EvalLoopOutput, TrainOutput
+from transformers.trainer import TRAINER_STATE_NAME, TRAINING_ARGS_NAME
+from transformers.trainer_callback import ExportableState
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, EvalLoopOutput, SaveStrategy, TrainOutput
 
 from clmkit.args import ClmTrainingArguments
-from clmkit.training.checkpoint import find_checkpoint, read_checkpoint, run_settings, write_checkpoint_state
+from clmkit.training.checkpoint import (
+    CheckpointWriter,
+    read_checkpoint,
+    resolve_resume,
+    rotate_checkpoints,
+    run_settings,
+)
 from clmkit.training.components import (
+    DivergenceGuard,
     assemble,
     builds_own_parameter_list,
-    check_finite_loss,
     evaluate_batches,
     grouped_optimizer,
     training_log_values,
@@ -68,6 +77,7 @@ class ClmTrainer(Trainer):
         self.data_stats, self.filter_reports = run.data.stats, run.data.filter_reports
         self.token_counter, self._byte_lengths = run.token_counter, run.byte_lengths
         self._mfu: MfuMeter | None = None
+        self._divergence = DivergenceGuard(args.max_loss)
         callbacks = [*(kwargs.pop("callbacks", None) or []), run.token_counter, *run.callbacks]
         super().__init__(
             model=model,
@@ -128,10 +138,10 @@ class ClmTrainer(Trainer):
     def training_step(self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: Any = None) -> torch.Tensor:
         """One micro-step; a NaN or inf loss stops training with the step and last checkpoint named."""
         loss = super().training_step(model, inputs, num_items_in_batch)
-        check_finite_loss(loss, self.state.global_step + 1, self.args.output_dir)
+        self._divergence.check(loss, self.state.global_step + 1, self.args.output_dir)
         return loss
 
-    # ---- checkpoints: checked before anything is loaded (clmkit.training.checkpoint) -----------------------
+    # ---- checkpoints: written whole or not at all, checked before anything is loaded (clmkit.training.checkpoint)
 
     def train(
         self,
@@ -139,18 +149,89 @@ class ClmTrainer(Trainer):
         trial: Any = None,
         ignore_keys_for_eval: list[str] | None = None,
     ) -> TrainOutput:
-        """``Trainer.train``; a checkpoint to resume from must be complete and made with this run's settings."""
+        """``Trainer.train``; a checkpoint to resume from must be complete, undamaged and made with this run's
+        settings. ``True`` resumes from the newest complete checkpoint of ``output_dir``."""
         if resume_from_checkpoint:
-            resume_from_checkpoint = find_checkpoint(resume_from_checkpoint, str(self.args.output_dir))
-            read_checkpoint(resume_from_checkpoint, self._checkpoint_settings())
+            resume_from_checkpoint = self.check_resume(resume_from_checkpoint)
         return super().train(resume_from_checkpoint, trial, ignore_keys_for_eval)
 
+    def check_resume(self, checkpoint: str | Path | bool) -> str:
+        """The checkpoint folder ``train(resume_from_checkpoint=checkpoint)`` would resume from, checked.
+
+        ``True`` (or ``"last"``) means the newest complete checkpoint of ``output_dir``. Raises
+        ``CheckpointError`` if it is missing, incomplete, damaged or made with other settings; reads only the
+        folder's files and manifest, loads nothing and writes nothing.
+        """
+        folder, _ = resolve_resume(checkpoint, str(self.args.output_dir))
+        read_checkpoint(folder, self._checkpoint_settings())
+        return str(folder)
+
     def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
-        super()._save_checkpoint(model, trial)
-        self.accelerator.wait_for_everyone()  # every process has written its RNG state
+        """``Trainer._save_checkpoint``'s pieces, written into ``.partial-checkpoint-N``, completed (manifest
+        last) and renamed to ``checkpoint-N``; only then are older checkpoints (clmkit's own) rotated away."""
+        if self.hp_search_backend is None and trial is None:
+            self.store_flos()
+        self.token_counter.fold(self.accelerator)  # the checkpoint keeps exact counts (every process reduces)
+        run_dir = self._get_output_dir(trial=trial)
+        step = self.state.global_step
+        writer = CheckpointWriter(run_dir, step, self.args.should_save, self.accelerator.wait_for_everyone)
+        partial = writer.begin()
+        try:
+            self.save_model(str(partial), _internal_call=True)
+            writer.reached("model written")
+            self._note_best_checkpoint(run_dir, step)
+            if not self.args.save_only_model:
+                self._save_optimizer_and_scheduler(str(partial))
+                self._save_scaler(str(partial))
+                writer.reached("optimizer and scheduler written")
+                self._save_rng_state(str(partial))
+                writer.reached("rng state written")
+            if self.args.should_save:
+                self._store_callback_states()
+                self.state.save_to_json(str(partial / TRAINER_STATE_NAME))
+            final = writer.commit({"global_step": step}, self._checkpoint_settings())
+        except (Exception, KeyboardInterrupt):  # not a kill: the unfinished folder goes
+            writer.abort()
+            raise
+        if self.args.push_to_hub:
+            self._push_from_checkpoint(str(final))
         if self.args.should_save:
-            folder = Path(self._get_output_dir(trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-            write_checkpoint_state(folder, {"global_step": self.state.global_step}, self._checkpoint_settings())
+            rotate_checkpoints(run_dir, self.args.save_total_limit, keep=[final, self.state.best_model_checkpoint])
+
+    def _note_best_checkpoint(self, run_dir: str, step: int) -> None:
+        """``state.best_model_checkpoint``, as ``Trainer._save_checkpoint`` sets it (this step's is not renamed yet)."""
+        best = self.state.best_global_step
+        if self.args.save_strategy in [SaveStrategy.STEPS, SaveStrategy.EPOCH, SaveStrategy.BEST] and best:
+            folder = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{best}")
+            if best == step or os.path.exists(folder):
+                self.state.best_model_checkpoint = folder
+
+    def _store_callback_states(self) -> None:
+        """Put the state of every ``ExportableState`` callback (``TokenCounter``, ...) into ``self.state``."""
+        saved: dict[str, Any] = self.state.stateful_callbacks  # type: ignore[assignment]  # a dict after __post_init__
+        for cb in [cb for cb in self.callback_handler.callbacks + [self.control] if isinstance(cb, ExportableState)]:
+            name = cb.__class__.__name__
+            if isinstance(saved.get(name), list):
+                saved[name].append(cb.state())
+            else:
+                saved[name] = cb.state()
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        """``Trainer._save`` without ``training_args.bin``: a pickle, and clmkit writes none (the CLI's
+        ``training_args.yaml`` is the record). A ``training_args.bin`` that was already there is left as it was."""
+        folder = Path(output_dir if output_dir is not None else str(self.args.output_dir))
+        target = folder / TRAINING_ARGS_NAME
+        aside = folder / f".{TRAINING_ARGS_NAME}.clmkit-aside"
+        kept = self.args.should_save and target.is_file()
+        if kept:
+            os.replace(target, aside)
+        try:
+            super()._save(output_dir, state_dict)
+        finally:
+            if self.args.should_save:
+                target.unlink(missing_ok=True)  # the pickle Trainer._save just wrote
+                if kept:
+                    os.replace(aside, target)
 
     def _checkpoint_settings(self) -> dict[str, dict[str, Any]]:
         model = self.accelerator.unwrap_model(self.model)
