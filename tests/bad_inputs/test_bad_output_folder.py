@@ -181,3 +181,22 @@ def test_lock_is_released_after_the_run(workspace):
         with folder.locked():
             folder.record(["x"])
     assert time.monotonic() - started < 5
+
+
+def test_two_runs_started_together_into_one_folder(workspace):
+    """Both pass the early checks; the lock lets one train, the other exits 2 naming it (or, if the first
+    already finished, its finished model) — never two 'model saved'."""
+    from support import pinned_env
+
+    command = [sys.executable, "-m", "clmkit.cli", "train", "--dataset", "corpus", *TINY, "--max_steps", "8"]
+    runs = [
+        subprocess.Popen([*command, "--output_dir", "run"], stderr=subprocess.PIPE, text=True, env=pinned_env())
+        for _ in range(2)
+    ]
+    results = [(run.wait(timeout=300), run.stderr.read() if run.stderr else "") for run in runs]
+    codes = sorted(code for code, _ in results)
+    assert codes == [0, 2], results
+    refused = next(err for code, err in results if code == 2)
+    assert "Traceback" not in refused
+    assert "in use by another clmkit run (process" in refused or "already holds this run" in refused
+    assert (workspace / "run" / "model.safetensors").is_file() and (workspace / "notes.txt").read_text() == "mine"
