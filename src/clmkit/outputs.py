@@ -24,6 +24,7 @@ from clmkit.errors import ConfigError
 MARKER = ".clmkit"
 LOCK = ".clmkit.lock"
 CLMKIT_FILES = frozenset({MARKER, LOCK})
+TRANSIENT_PREFIXES = (".clmkit.", ".write-")  # atomic writes in progress: a marker's temporary file, a save
 
 
 def default_mode(folder: bool = False) -> int:
@@ -39,7 +40,6 @@ class OutputFolder:
     def __init__(self, path: str | Path, kind: str) -> None:
         self.path = Path(path)
         self.kind = kind  # "train" or "prepared": what clmkit writes there
-        self._created = False
 
     @property
     def marker(self) -> Path:
@@ -78,7 +78,17 @@ class OutputFolder:
         if not self.path.is_dir():
             return []
         ours = self.owned() | CLMKIT_FILES | {p.name for p in self.checkpoints()}
-        return sorted(p.name for p in self.path.iterdir() if p.name not in ours)
+        return sorted(
+            p.name for p in self.path.iterdir() if p.name not in ours and not p.name.startswith(TRANSIENT_PREFIXES)
+        )
+
+    def check_not_in_use(self) -> None:
+        """Refuse at once when another run holds this folder's lock (its files are in flux: say so, not what)."""
+        lock_path = self.path / LOCK
+        if os.environ.get("RANK", "0") != "0" or not lock_path.is_file():
+            return
+        with open(lock_path, encoding="utf-8") as handle:
+            _lock(handle, lock_path)  # released when the handle closes
 
     def record(self, names: Iterable[str]) -> None:
         """Add ``names`` to the entries clmkit wrote here (the marker is rewritten atomically)."""
@@ -145,9 +155,11 @@ class OutputFolder:
         if os.environ.get("RANK", "0") != "0":
             yield self
             return
-        self._created = not self.path.exists()
         try:
-            self.path.mkdir(parents=True, exist_ok=True)
+            self.path.mkdir(parents=True)
+            created = True  # by this call: two runs racing never both believe it
+        except FileExistsError:
+            created = False
         except OSError as exc:
             raise ConfigError(
                 f"cannot create output folder {str(self.path)!r} ({exc.strerror}). Pass a writable --output_dir."
@@ -155,21 +167,27 @@ class OutputFolder:
         lock_path = self.path / LOCK
         handle = open(lock_path, "a+", encoding="utf-8")  # noqa: SIM115 - held open for the whole run
         try:
-            _lock(handle, lock_path)
+            _lock(handle, lock_path)  # refused: nothing of the folder is touched, it is the other run's
+        except BaseException:
+            handle.close()
+            raise
+        try:
             handle.seek(0)
             handle.truncate()
             handle.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
             handle.flush()
             yield self
         finally:
+            if created:
+                self._clean_failed_start()  # still holding the lock: no other run is inside
             handle.close()
-            self._clean_failed_start()
 
     def _clean_failed_start(self) -> None:
-        """Remove the folder again when this run created it and wrote nothing but its lock."""
-        if self._created and self.path.is_dir() and {p.name for p in self.path.iterdir()} <= {LOCK}:
+        """Remove the folder this run created when it holds nothing but the lock (the run wrote nothing)."""
+        if self.path.is_dir() and {p.name for p in self.path.iterdir()} <= {LOCK}:
             (self.path / LOCK).unlink(missing_ok=True)
-            self.path.rmdir()
+            with contextlib.suppress(OSError):  # a run that just opened a new lock file here keeps the folder
+                self.path.rmdir()
 
 
 def _lock(handle: Any, lock_path: Path) -> None:

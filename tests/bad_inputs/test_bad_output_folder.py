@@ -198,5 +198,5 @@ def test_two_runs_started_together_into_one_folder(workspace):
     assert codes == [0, 2], results
     refused = next(err for code, err in results if code == 2)
     assert "Traceback" not in refused
-    assert "in use by another clmkit run (process" in refused or "already holds this run" in refused
+    assert "in use by another clmkit run" in refused or "already holds this run" in refused
     assert (workspace / "run" / "model.safetensors").is_file() and (workspace / "notes.txt").read_text() == "mine"

@@ -54,6 +54,7 @@ def cmd_prepare(argv: Sequence[str]) -> int:
     source, tok_options, options = _parse(parser, argv)
     folder = OutputFolder(options.output_dir, "prepared")
     out = folder.path
+    folder.check_not_in_use()
     check_prepare_folder(folder, options.overwrite)
     if options.overwrite:
         check_overwritable(out, [source.dataset, tok_options.tokenizer])

@@ -117,6 +117,7 @@ def cmd_train(argv: Sequence[str]) -> int:
     gpt2_config(run.model_preset, 256, args.context_length, 0, overrides)  # fail before the slow steps
     plugins = Plugins()
     plugins.check_names(args)  # every registry, before the data is read
+    folder.check_not_in_use()
     check_output_dir(folder, values, run.overwrite, checkpoint is not None)  # before the lock creates anything
     with folder.locked(), storage_errors(folder.path):
         check_output_dir(folder, values, run.overwrite, checkpoint is not None)  # again: another run may have ended
