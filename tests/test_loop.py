@@ -176,8 +176,8 @@ def test_push_to_hub_uploads_the_model_folder(
     def upload_folder(repo_id, folder_path, ignore_patterns, **kwargs):
         uploads.append((repo_id, sorted(p.name for p in Path(folder_path).iterdir()), ignore_patterns))
 
-    monkeypatch.setattr("clmkit.training.loop.create_repo", lambda repo_id, **kwargs: Repo())
-    monkeypatch.setattr("clmkit.training.loop.upload_folder", upload_folder)
+    monkeypatch.setattr("clmkit.training.hub.create_repo", lambda repo_id, **kwargs: Repo())
+    monkeypatch.setattr("clmkit.training.hub.upload_folder", upload_folder)
     args = clmkit_args(max_steps=2, push_to_hub=True, hub_strategy="end", hub_model_id="me/tiny-clm")
     ClmLoop(
         model=clmkit_model(), args=args, processing_class=clmkit_tokenizer, train_dataset=raw_datasets["valid"]

@@ -20,20 +20,16 @@ code when read; what transformers and accelerate write as pickles (``optimizer.p
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import logging
 import os
-import random
 import re
 import shutil
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
-import numpy as np
-import torch
 from transformers import PreTrainedModel
 
 from clmkit.args import ClmTrainingArguments
@@ -46,12 +42,10 @@ FORMAT = "clmkit-checkpoint"
 VERSION = 2  # 1: sizes only (clmkit 0.2); 2: sizes and SHA-256
 PARTIAL_PREFIX = ".partial-"  # a save in progress, or one a kill interrupted
 DELETING_PREFIX = ".deleting-"  # a checkpoint being removed (rotation, or a step saved again)
-SCHEDULER_FILE = "scheduler_state.json"  # the loop's LR scheduler state
-RNG_FILE = "rng_state_{}.json"  # the loop's RNG states, one file per process
 _CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d+)$")
 # model config keys that describe the software, not the model
 _VOLATILE_CONFIG_KEYS = ("transformers_version", "_name_or_path", "architectures", "dtype", "torch_dtype")
-_RETRY = (
+RESUME_ELSEWHERE = (
     "Resume from another checkpoint-N folder (--resume_from_checkpoint last takes the newest complete one), "
     "or copy the checkpoint again."
 )
@@ -245,7 +239,7 @@ def verify_checkpoint(folder: str | Path) -> dict[str, Any]:
         )
     if not (folder / STATE_FILE).is_file():
         raise CheckpointError(
-            f"{folder} is not a complete clmkit checkpoint: {problems[0]}. Nothing was loaded. {_RETRY}"
+            f"{folder} is not a complete clmkit checkpoint: {problems[0]}. Nothing was loaded. {RESUME_ELSEWHERE}"
         )
     if "older clmkit" in problems[0]:
         raise CheckpointError(
@@ -253,7 +247,7 @@ def verify_checkpoint(folder: str | Path) -> dict[str, Any]:
             "version that wrote it, or start a new run (no resume_from_checkpoint)."
         )
     raise CheckpointError(
-        f"checkpoint {folder} is incomplete or damaged: {'; '.join(problems)}. Nothing was loaded. {_RETRY}"
+        f"checkpoint {folder} is incomplete or damaged: {'; '.join(problems)}. Nothing was loaded. {RESUME_ELSEWHERE}"
     )
 
 
@@ -335,11 +329,6 @@ def resolve_resume(value: str | Path | bool, output_dir: str | Path) -> tuple[Pa
     folder = Path(str(value))
     verify_checkpoint(folder)
     return folder, []
-
-
-def find_checkpoint(checkpoint: str | bool, output_dir: str) -> str:
-    """``checkpoint`` itself, or for ``True`` the newest complete ``checkpoint-N`` in ``output_dir``; checked."""
-    return str(resolve_resume(checkpoint, output_dir)[0])
 
 
 # ---- writing: a partial folder, completed, renamed, then rotation ---------------------------------------
@@ -432,75 +421,3 @@ def rotate_checkpoints(
     for _, leftover in _steps(output_dir, DELETING_PREFIX):
         shutil.rmtree(leftover, ignore_errors=True)
     return deleted
-
-
-# ---- states clmkit keeps itself, as JSON (reading them cannot run code) ---------------------------------
-
-
-def save_json(path: str | Path, state: Any, what: str) -> None:
-    """``state`` as JSON (floats exactly: Python writes the shortest repr that reads back the same)."""
-    try:
-        text = json.dumps(state, indent=1, sort_keys=True)
-    except (TypeError, ValueError) as error:
-        raise CheckpointError(
-            f"the {what} cannot be saved as JSON ({error}); clmkit does not write pickles into checkpoints. "
-            "Use a transformers LR scheduler (lr_scheduler_type), or train with ClmTrainer."
-        ) from error
-    Path(path).write_text(text + "\n", encoding="utf-8")
-
-
-def load_json(path: str | Path) -> Any:
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as error:
-        raise CheckpointError(
-            f"{path} is not the JSON clmkit writes ({error}). Nothing was loaded. {_RETRY}"
-        ) from error
-
-
-def _tensor_text(t: torch.Tensor) -> str:
-    return base64.b64encode(t.cpu().numpy().tobytes()).decode("ascii")
-
-
-def _text_tensor(s: str) -> torch.Tensor:
-    return torch.frombuffer(bytearray(base64.b64decode(s)), dtype=torch.uint8).clone()
-
-
-def _device_module() -> Any:
-    """The torch module of this machine's accelerator (``torch.cuda``, ...), or ``None``."""
-    if not torch.accelerator.is_available():
-        return None
-    device = torch.accelerator.current_accelerator()
-    return torch.get_device_module(device.type) if device is not None else None
-
-
-def rng_state() -> dict[str, Any]:
-    """Python's, NumPy's, torch's and the accelerator's RNG states, as JSON-ready values."""
-    version, internal, gauss = random.getstate()
-    name, keys, pos, has_gauss, cached = cast(tuple[str, Any, int, int, float], np.random.get_state())
-    state: dict[str, Any] = {
-        "python": [version, list(internal), gauss],
-        "numpy": [name, keys.tolist(), int(pos), int(has_gauss), float(cached)],
-        "torch": _tensor_text(torch.get_rng_state()),
-    }
-    module = _device_module()
-    if module is not None:
-        states = module.get_rng_state_all() if hasattr(module, "get_rng_state_all") else [module.get_rng_state()]
-        state["device"] = [_tensor_text(s) for s in states]
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore the RNG states ``rng_state`` returned."""
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(_text_tensor(state["torch"]))
-    module = _device_module()
-    if module is not None and "device" in state:
-        states = [_text_tensor(s) for s in state["device"]]
-        if hasattr(module, "set_rng_state_all") and len(states) == module.device_count():
-            module.set_rng_state_all(states)
-        else:
-            module.set_rng_state(states[0])

@@ -14,7 +14,6 @@ import itertools
 import logging
 import math
 import os
-import pickle
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -24,7 +23,6 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, DistributedType, GradientAccumulationPlugin
 from datasets import Dataset, IterableDataset
-from huggingface_hub import create_repo, upload_folder
 from torch import nn
 from torch.utils.data import DataLoader, RandomSampler, SequentialSampler
 from transformers import PreTrainedModel, Trainer, TrainerCallback, get_scheduler
@@ -41,7 +39,6 @@ from transformers.trainer_callback import (
 )
 from transformers.trainer_pt_utils import AcceleratorConfig
 from transformers.trainer_utils import (
-    PREFIX_CHECKPOINT_DIR,
     TrainOutput,
     enable_full_determinism,
     has_length,
@@ -52,22 +49,17 @@ from clmkit.args import ClmTrainingArguments
 from clmkit.errors import ConfigError
 from clmkit.training import components
 from clmkit.training.checkpoint import (
-    RNG_FILE,
-    SCHEDULER_FILE,
-    CheckpointError,
     CheckpointWriter,
-    load_json,
     read_checkpoint,
     resolve_resume,
-    rng_state,
     rotate_checkpoints,
     run_settings,
-    save_json,
-    set_rng_state,
 )
 from clmkit.training.flops import MfuMeter
 from clmkit.training.forward import forward_for_loss
+from clmkit.training.hub import upload_output_folder
 from clmkit.training.loop_options import trainer_only_options
+from clmkit.training.loop_state import data_position, load_loop_state, save_loop_state
 from clmkit.training.losses import loss_from_inputs, window_normalizer
 
 logger = logging.getLogger(__name__)
@@ -220,7 +212,7 @@ class ClmLoop:
                 self.state.global_step += 1
                 self.state.epoch = epoch + seen / batches_per_epoch if batches_per_epoch else None  # type: ignore[assignment]
                 self.control = self.callback_handler.on_step_end(args, self.state, self.control)
-                self._log_evaluate_save(grad_norm, learning_rate, _position(epoch, seen, batches_per_epoch))
+                self._log_evaluate_save(grad_norm, learning_rate, data_position(epoch, seen, batches_per_epoch))
                 if self.control.should_epoch_stop or self.control.should_training_stop:
                     break
             if seen == 0:
@@ -228,7 +220,7 @@ class ClmLoop:
                 self.control.should_training_stop = True
             self.control = self.callback_handler.on_epoch_end(args, self.state, self.control)
             epoch += 1
-            self._log_evaluate_save(None, optimizer.param_groups[0]["lr"], _position(epoch, 0, batches_per_epoch))
+            self._log_evaluate_save(None, optimizer.param_groups[0]["lr"], data_position(epoch, 0, batches_per_epoch))
         steps = self.state.global_step - first_step
         training_loss = (self._logged_loss + acc.reduce(self._tr_loss, "sum").item()) / max(steps, 1)
         metrics = {"train_runtime": round(time.time() - start, 4), "train_loss": training_loss}
@@ -390,14 +382,9 @@ class ClmLoop:
         writer = CheckpointWriter(output_dir, step, acc.is_main_process, acc.wait_for_everyone)
         partial = writer.begin()
         try:
-            acc.save_state(str(partial))  # model (safetensors) and optimizer (read back with weights_only=True)
+            save_loop_state(acc, partial, self.lr_scheduler)
             writer.reached("model and optimizer written")
-            save_json(partial / RNG_FILE.format(acc.process_index), rng_state(), "RNG state")
-            acc.wait_for_everyone()
             if acc.is_main_process:
-                for pickled in partial.glob("random_states_*.pkl"):  # accelerate's RNG pickles, just written:
-                    pickled.unlink()  # the JSON above replaces them
-                save_json(partial / SCHEDULER_FILE, self.lr_scheduler.state_dict(), "LR scheduler state")
                 acc.unwrap_model(self.model).config.save_pretrained(partial)
                 self.processing_class.save_pretrained(partial)
                 writer.reached("config, tokenizer and scheduler written")
@@ -427,19 +414,7 @@ class ClmLoop:
             batches = iter(self.accelerator.skip_first_batches(dataloader, done))
             first = next(batches, None)
             rest = (done, batches if first is None else itertools.chain([first], batches))
-        scheduler_state = load_json(folder / SCHEDULER_FILE)
-        rng = load_json(folder / RNG_FILE.format(self.accelerator.process_index))
-        try:
-            # model (safetensors) and optimizer (torch.load with weights_only=True: no code runs); no custom
-            # objects are registered, and the RNG pickle accelerate would look for is not in clmkit's checkpoints
-            self.accelerator.load_state(str(folder))
-            self.lr_scheduler.load_state_dict(scheduler_state)
-            set_rng_state(rng)
-        except (pickle.UnpicklingError, RuntimeError, ValueError, KeyError, TypeError, OSError) as error:
-            raise CheckpointError(
-                f"could not load checkpoint {folder}: {type(error).__name__}: {error}. Its files are not what "
-                "clmkit wrote. Resume from another checkpoint-N folder."
-            ) from error
+        load_loop_state(self.accelerator, folder, self.lr_scheduler)
         self.state = TrainerState.load_from_json(os.path.join(folder, TRAINER_STATE_NAME))
         self.state.is_local_process_zero = self.accelerator.is_local_main_process
         self.state.is_world_process_zero = self.accelerator.is_main_process
@@ -464,26 +439,10 @@ class ClmLoop:
     def push_to_hub(self) -> None:
         """Upload ``output_dir`` without its checkpoints to ``hub_model_id`` (default: the folder's name)."""
         if self.accelerator.is_main_process:
-            args = self.args
-            repo_id = args.hub_model_id or Path(str(args.output_dir)).absolute().name
-            repo = create_repo(repo_id, token=args.hub_token, private=args.hub_private_repo, exist_ok=True)
-            upload_folder(
-                repo_id=repo.repo_id,
-                folder_path=str(args.output_dir),
-                commit_message="End of training",
-                token=args.hub_token,
-                ignore_patterns=[f"{PREFIX_CHECKPOINT_DIR}-*", ".partial-*", ".deleting-*"],
-            )
+            upload_output_folder(self.args)
         self.accelerator.wait_for_everyone()
 
 
 def _next_window(batches: Iterator[dict[str, torch.Tensor]], size: int) -> list[dict[str, torch.Tensor]]:
     """The next accumulation window: ``size`` micro-batches, fewer at the end of an epoch, none after it."""
     return [batch for _, batch in zip(range(size), batches, strict=False)]
-
-
-def _position(epoch: int, batches_seen: int, batches_per_epoch: int | None) -> dict[str, int]:
-    """Where the data stands after a step; a finished epoch is recorded as the start of the next one."""
-    if batches_per_epoch is not None and batches_seen >= batches_per_epoch:
-        return {"epoch": epoch + 1, "batches_in_epoch": 0}
-    return {"epoch": epoch, "batches_in_epoch": batches_seen}

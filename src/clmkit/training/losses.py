@@ -98,11 +98,6 @@ class Loss:
         return inputs.cross_entropy(self.token_weights(inputs.batch))
 
 
-def shifted_targets(batch: Mapping[str, Tensor]) -> Tensor:
-    """The (B, T-1) targets of a batch; position 0 is never a target."""
-    return batch["labels"][:, 1:]
-
-
 def loss_from_inputs(loss: Loss, inputs: LossInputs, normalizer: Tensor) -> Tensor:
     """``loss_sum / normalizer``, with an all-ignored window giving a zero loss rather than NaN."""
     total = loss.loss_sum(inputs)
