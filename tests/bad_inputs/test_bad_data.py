@@ -18,7 +18,7 @@ import torch
 from cli_flags import TINY
 from support.bad_inputs import assert_refused, assert_unchanged, run_cli, snapshot
 
-from clmkit.data.chunking import encode_long, text_pieces
+from clmkit.data.chunking import chunk_dataset, chunk_stats, encode_long, text_pieces, tokenize_documents
 from clmkit.data.corpus import decode_document, load_corpus
 from clmkit.data.tokenizer import train_tokenizer
 from clmkit.errors import DataError
@@ -291,3 +291,20 @@ def test_a_non_finite_final_evaluation_is_not_a_success(tmp_path):
     assert "eval_perplexity inf" in str(info.value) and str(good) in str(info.value)
     check_final_eval({"eval_loss": 4.2, "eval_perplexity": math.exp(4.2)}, tmp_path)
     assert last_finite_checkpoint(tmp_path / "missing") is None
+
+
+def test_a_batch_mixing_long_and_short_documents_keeps_one_column_type(clmkit_tokenizer, monkeypatch):
+    """Long documents come back as compact arrays, short ones as lists: the column stays list<int32>, so
+    chunking and its statistics work (the standard library has such a batch: pydoc_data/topics.py)."""
+    from datasets import Dataset
+
+    from clmkit.builtins.chunkers import Concat
+
+    monkeypatch.setattr("clmkit.data.chunking.MAX_PIECE_CHARS", 2000)
+    texts = [TEXTWRAP.read_text(encoding="utf-8"), "x = 1\n", "def f():\n    return 2\n"]
+    tokenized = tokenize_documents(Dataset.from_dict({"content": texts}), clmkit_tokenizer, "content")
+    assert str(tokenized.features["input_ids"].feature.dtype) == "int32"
+    assert tokenized[0]["input_ids"] == clmkit_tokenizer(texts[0], add_special_tokens=False)["input_ids"]
+    chunker = Concat(clmkit_tokenizer, 64)
+    stats = chunk_stats(tokenized, chunk_dataset(tokenized, chunker), chunker)
+    assert stats.documents == 3 and stats.tokens_kept + stats.tokens_dropped == stats.tokens

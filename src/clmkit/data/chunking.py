@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import pyarrow.compute as pc
-from datasets import Dataset, IterableDataset
+from datasets import Dataset, Features, IterableDataset, List, Value
 
 from clmkit.errors import DataError
 
@@ -67,6 +67,7 @@ def _map_options(dataset: Dataset | IterableDataset, num_proc: int | None, desc:
 # a document longer than this (in characters) is tokenized piece by piece: a tokenizer holds ~100 bytes per
 # token of a text it encodes at once, so one 50 MB line would take gigabytes
 MAX_PIECE_CHARS = 1 << 18
+TOKENIZED = Features({"input_ids": List(Value("int32"))})  # token ids of any real vocabulary fit in int32
 _BOUNDARY = re.compile(r"\s(?=\S)")  # the last whitespace before a non-whitespace: a pre-tokenizer split point
 
 
@@ -101,7 +102,10 @@ def encode_long(tokenizer: Any, text: str, size: int | None = None) -> Any:
 
 
 def encode_texts(tokenizer: Any, texts: list[str], size: int | None = None) -> list[Any]:
-    """``tokenizer(texts)["input_ids"]``, with documents longer than ``size`` characters encoded in pieces."""
+    """``tokenizer(texts)["input_ids"]``, with documents longer than ``size`` characters encoded in pieces; a
+    batch holding one returns every row as an int32 array (Arrow takes a batch of one type)."""
+    import numpy as np
+
     size = size or MAX_PIECE_CHARS
     if all(len(t) <= size for t in texts):
         return tokenizer(texts, add_special_tokens=False)["input_ids"]
@@ -111,7 +115,7 @@ def encode_texts(tokenizer: Any, texts: list[str], size: int | None = None) -> l
         for i, ids in zip(
             short, tokenizer([texts[i] for i in short], add_special_tokens=False)["input_ids"], strict=True
         ):
-            out[i] = ids
+            out[i] = np.asarray(ids, dtype=np.int32)  # the batch's rows all of the long ones' type
     for i, text in enumerate(texts):
         if out[i] is None:
             out[i] = encode_long(tokenizer, text, size)
@@ -133,7 +137,13 @@ def tokenize_documents(
         texts = [t if isinstance(t, str) else "" for t in batch[text_column]]
         return {"input_ids": encode_texts(tokenizer, texts)}
 
-    return dataset.map(encode, batched=True, remove_columns=columns, **_map_options(dataset, num_proc, "Tokenizing"))
+    return dataset.map(
+        encode,
+        batched=True,
+        remove_columns=columns,
+        features=TOKENIZED,  # one type whether a batch holds lists, compact arrays (long documents) or both
+        **_map_options(dataset, num_proc, "Tokenizing"),
+    )
 
 
 def chunk_dataset(
