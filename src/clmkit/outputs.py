@@ -34,6 +34,14 @@ def default_mode(folder: bool = False) -> int:
     return (0o777 if folder else 0o666) & ~umask
 
 
+def apply_umask(path: Path) -> None:
+    """Give ``path`` and everything below it the permissions of this process's umask: libraries that write
+    through temporary files (safetensors, tempfile) leave 0600 files other users of the machine cannot read."""
+    for item in [path, *path.rglob("*")] if path.is_dir() else [path]:
+        if not item.is_symlink():
+            os.chmod(item, default_mode(folder=item.is_dir()))
+
+
 class OutputFolder:
     """One output folder: what clmkit wrote there (its marker), what it did not, and the run's lock."""
 
@@ -127,6 +135,8 @@ class OutputFolder:
         try:
             write(str(tmp))
             names = sorted(p.name for p in tmp.iterdir())
+            for name in names:
+                apply_umask(tmp / name)
             clashes = sorted(set(names) & set(self.foreign()))
             if clashes:
                 raise ConfigError(

@@ -174,6 +174,22 @@ def test_written_files_follow_the_umask(tmp_path):
         os.umask(previous)
 
 
+def test_saved_models_and_checkpoints_follow_the_umask(tmp_path):
+    previous = os.umask(0o022)
+    try:
+        folder = OutputFolder(tmp_path / "out", "train")
+        folder.path.mkdir()
+
+        def write(tmp: str) -> None:  # as safetensors does: a 0600 file
+            (Path(tmp) / "model.safetensors").write_bytes(b"weights")
+            os.chmod(Path(tmp) / "model.safetensors", 0o600)
+
+        folder.write_with(write)
+        assert stat.S_IMODE((folder.path / "model.safetensors").stat().st_mode) == 0o644
+    finally:
+        os.umask(previous)
+
+
 def test_lock_is_released_after_the_run(workspace):
     folder = OutputFolder(workspace / "out", "prepared")
     started = time.monotonic()

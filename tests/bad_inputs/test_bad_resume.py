@@ -4,11 +4,14 @@ checkpoint and names the ones it skipped, damage is found before anything is rea
 from __future__ import annotations
 
 import shutil
+import stat
 from pathlib import Path
 
 import pytest
 from cli_flags import TINY
 from support.bad_inputs import assert_refused, assert_unchanged, run_cli, snapshot
+
+from clmkit.outputs import default_mode
 
 
 @pytest.fixture(scope="module")
@@ -36,6 +39,12 @@ def damage(path: Path) -> None:
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF
     path.write_bytes(bytes(data))
+
+
+def test_model_and_checkpoint_files_follow_the_umask(finished):
+    folder, _ = finished
+    for path in (folder / "model.safetensors", folder / "checkpoint-4" / "model.safetensors", folder / "metrics.json"):
+        assert stat.S_IMODE(path.stat().st_mode) == default_mode(), path
 
 
 def test_a_resume_with_other_settings_is_refused_and_changes_nothing(run):

@@ -34,6 +34,7 @@ from transformers import PreTrainedModel
 
 from clmkit.args import ClmTrainingArguments
 from clmkit.errors import ClmkitError
+from clmkit.outputs import apply_umask
 
 logger = logging.getLogger(__name__)
 
@@ -368,6 +369,7 @@ class CheckpointWriter:
         self.barrier()  # every process has written its files
         if self.is_main:
             fault_point("files written")
+            apply_umask(self.partial)  # readable as the user's umask says, like every file clmkit writes
             write_checkpoint_state(self.partial, position, settings)
             fault_point("manifest written")
             old = None
