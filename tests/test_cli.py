@@ -68,8 +68,9 @@ def test_defaults_are_the_cpu_job():
     assert source.dataset is None and tok.tokenizer is None and tok.vocab_size == 8192
     assert run_options.model_preset == "tiny" and run_options.prompts == ["def fibonacci(n):", "import os\n"]
     assert args.output_dir == "clmkit-out" and args.context_length == 128 and args.chunker == "concat"
-    assert args.max_steps == TRAIN_DEFAULTS["max_steps"] and args.lr_scheduler_type.value == "cosine"
+    assert args.max_steps == TRAIN_DEFAULTS["max_steps"] and args.lr_scheduler_type.value == "warmup_stable_decay"
     assert args.eval_strategy.value == "steps" and args.warmup_steps > 0
+    assert run_options.architecture == "qwen3" and args.optimizer == "muon" and args.lr_decay_fraction == 0.4
     assert values["max_steps"] == TRAIN_DEFAULTS["max_steps"] and "resume_from_checkpoint" not in values
 
 
@@ -92,7 +93,8 @@ def test_output_folder_layout_and_metrics(run):
     assert metrics["tokens_seen"] > 0 and metrics["tokens_per_second"] > 0 and metrics["wall_time_seconds"] > 0
     assert metrics["corpus"]["documents"]["validation"] >= 1
     config = json.loads((run / "config.json").read_text())
-    assert config["n_layer"] == 1 and config["n_positions"] == 64 and config["vocab_size"] == 512
+    assert config["model_type"] == "qwen3" and config["num_hidden_layers"] == 1  # the default architecture
+    assert config["max_position_embeddings"] == 64 and config["vocab_size"] == 512
     assert (run / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     card = (run / "README.md").read_text()
     assert "| eval bits per byte |" in card and "clmkit train --dataset" in card and "def fibonacci(n):" in card
@@ -111,7 +113,9 @@ def test_summary_names_model_perplexity_and_completions(corpus_dir, tmp_path, ca
 def test_config_file_reproduces_the_run(run, tmp_path):
     saved = yaml.safe_load((run / "training_args.yaml").read_text())
     assert (
-        saved["max_steps"] == 20 and saved["config_overrides"] == "n_layer=1" and saved["prompts"][1] == "import os\n"
+        saved["max_steps"] == 20
+        and saved["config_overrides"] == "num_hidden_layers=1"
+        and saved["prompts"][1] == "import os\n"
     )
     again = tmp_path / "again"
     # a fresh process, as a user would run it (a second run inside one process starts from other RNG states),
@@ -239,7 +243,7 @@ def test_bad_inputs(corpus_dir, tmp_path, capsys):
     check(["train", "--config", str(tmp_path / "bad.yaml"), *out], "is not valid YAML")
     (tmp_path / "typo.yaml").write_text("learning_rat: 0.001\n")
     check(["train", "--config", str(tmp_path / "typo.yaml"), *out], "did you mean 'learning_rate'?")
-    check(["train", "--config_overrides", "n_layers=3", *out], "GPT2Config does not have")
+    check(["train", "--config_overrides", "n_layers=3", *out], "Qwen3Config does not have")
     check(["train", "--config_overrides", "n_layer", *out], "is not field=value")
     check(["train", "--loss_kwargs", "{alpha: 1}", *out], "not valid JSON")
     check(["train", "--no-such-flag", "1"], "unrecognized arguments: --no-such-flag")

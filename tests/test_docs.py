@@ -110,7 +110,8 @@ def test_plugin_guide_snippets_register_and_train(tmp_path, clmkit_tokenizer, cl
 
 BLOCK = re.compile(r"(?:<!-- (not run|file): (.+?) -->\n)?```(\w+)\n(.*?)```", flags=re.S)
 TINY_CLI = [
-    "--model-preset", "test", "--config_overrides", "n_layer=1", "--vocab_size", "512", "--context_length", "64",
+    "--model-preset", "test", "--config_overrides", "num_hidden_layers=1", "--vocab_size", "512",
+    "--context_length", "64",
     "--max_steps", "2", "--per_device_train_batch_size", "4", "--valid_split_percentage", "20",
     "--max_new_tokens", "4", "--disable_tqdm", "true",
 ]  # fmt: skip
@@ -199,7 +200,7 @@ def test_quickstart_runs(page_env):
 
 def test_course_recipe_runs_on_local_data(page_env, clmkit_tokenizer, raw_datasets):
     shrink = [
-        ('gpt2_config("gpt2"', 'gpt2_config("test"'),
+        ('model_config("gpt2", "base"', 'model_config("gpt2", "test"'),
         ("context_length = 128", "context_length = 64"),
         ('["plt", "pd", "sk", "fit", "predict"]', '["self", "return", "def"]'),  # single tokens of the tiny tokenizer
         ("per_device_train_batch_size=32", "per_device_train_batch_size=4"),

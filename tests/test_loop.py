@@ -153,7 +153,6 @@ def test_plugins_work_in_the_loop(clmkit_args, clmkit_model, clmkit_tokenizer, r
 @pytest.mark.parametrize(
     ("overrides", "named"),
     [
-        ({"torch_compile": True}, "torch_compile"),
         ({"save_only_model": True, "train_sampling_strategy": "group_by_length"}, "save_only_model"),
         ({"push_to_hub": True}, "hub_strategy"),
     ],

@@ -37,14 +37,24 @@ def run_arguments(kind: str, name: str) -> dict[str, Any]:
     """The ``ClmTrainingArguments`` fields that choose ``name`` of registry ``kind``."""
     option = next(k for k in KINDS if k.name == kind)
     kwargs = NAME_KWARGS.get((kind, name), {})
+    if kind == "architectures":  # chooses the model, not an argument
+        return {}
     if kind == "filters":
         return {"filters": [{name: kwargs} if kwargs else name]}
     return {option.option: name, **({option.kwargs_option: kwargs} if option.kwargs_option else {})}
 
 
-def loss_curves(model_for, tokenizer, corpus, plugins: list[object], tmp_path: Path, **fields: Any):
+def model_overrides(kind: str, name: str) -> dict[str, Any]:
+    """The ``clmkit_model`` arguments of a case: its architecture (GPT-2 unless the case is one), without dropout."""
+    architecture = name if kind == "architectures" else "gpt2"
+    return {"architecture": architecture, **(NO_DROPOUT if architecture == "gpt2" else {})}
+
+
+def loss_curves(
+    model_for, tokenizer, corpus, plugins: list[object], tmp_path: Path, model: dict[str, Any], **fields: Any
+):
     """Six logged steps (batch 4 x accumulation 2) of the same run through ClmTrainer and ClmLoop."""
-    models = [model_for(**NO_DROPOUT) for _ in range(2)]  # both built before a plugin may grow the tokenizer
+    models = [model_for(**model) for _ in range(2)]  # both built before a plugin may grow the tokenizer
     curves = []
     for cls, model in zip((ClmTrainer, ClmLoop), models, strict=True):
         args = tiny_args(
@@ -81,7 +91,13 @@ def test_both_paths_give_the_same_loss_curve(
         install_plugin_packages()
         plugins = [__import__(PLUGIN_NAMES[kind, name], fromlist=["_"])]
     trainer, trainer_eval, loop, loop_eval = loss_curves(
-        clmkit_model, clmkit_tokenizer, clmkit_corpus, plugins, tmp_path, **run_arguments(kind, name)
+        clmkit_model,
+        clmkit_tokenizer,
+        clmkit_corpus,
+        plugins,
+        tmp_path,
+        model_overrides(kind, name),
+        **run_arguments(kind, name),
     )
     assert len(trainer) == len(loop) == 6 and all(math.isfinite(x) for x in trainer)
     assert loop == pytest.approx(trainer, rel=1e-5), f"{kind} {name!r}: the two paths diverge"

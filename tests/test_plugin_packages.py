@@ -88,7 +88,16 @@ def test_clmkit_train_uses_them_by_name_and_the_saved_model_infills(installed, c
     clmkit_fim, _ = installed
     out = tmp_path / "run"
     argv = ["train", "--dataset", str(corpus_dir), "--output_dir", str(out), "--model-preset", "test"]
-    argv += ["--config_overrides", "n_layer=1", "--vocab_size", "400", "--context_length", "64", "--max_steps", "6"]
+    argv += [
+        "--config_overrides",
+        "num_hidden_layers=1",
+        "--vocab_size",
+        "400",
+        "--context_length",
+        "64",
+        "--max_steps",
+        "6",
+    ]
     argv += ["--per_device_train_batch_size", "8", "--valid_split_percentage", "20", "--max_new_tokens", "4"]
     argv += ["--chunker", "fim", "--chunker_kwargs", '{"rate": 0.9}', "--loss", "z_loss", "--disable_tqdm", "true"]
     assert main(argv) == 0
@@ -103,7 +112,8 @@ def test_clmkit_train_uses_them_by_name_and_the_saved_model_infills(installed, c
     tokenizer = AutoTokenizer.from_pretrained(out)
     model = AutoModelForCausalLM.from_pretrained(out)
     assert max(clmkit_fim.sentinel_ids(tokenizer)) == len(tokenizer) - 1  # the saved tokenizer has the sentinels
-    assert model.get_input_embeddings().num_embeddings == len(tokenizer)  # and the saved model their embeddings
+    assert model.get_input_embeddings().num_embeddings >= len(tokenizer)  # and the saved model their embeddings
+    assert min(model.generation_config.suppress_tokens or [len(tokenizer)]) == len(tokenizer)  # only padding rows
     assert isinstance(clmkit_fim.infill(model, tokenizer, "def f(x):\n    return ", "\n", max_new_tokens=4), str)
 
 

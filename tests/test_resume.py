@@ -35,11 +35,11 @@ def workdir(tmp_path_factory, clmkit_corpus) -> Path:
     return path
 
 
-def run_until_killed(workdir: Path, out: Path, path: str) -> None:
+def run_until_killed(workdir: Path, out: Path, path: str, optimizer: str) -> None:
     """Start resumable.py, SIGKILL it once its checkpoint at step K is written (it goes on, slowly, till then)."""
     log = (out / "output.txt").open("w")
     process = subprocess.Popen(
-        [sys.executable, str(SCRIPTS / "resumable.py"), str(workdir), str(out), path, str(K)],
+        [sys.executable, str(SCRIPTS / "resumable.py"), str(workdir), str(out), path, str(K), optimizer],
         stdout=log,
         stderr=subprocess.STDOUT,
         env=pinned_env(),
@@ -59,18 +59,19 @@ def run_until_killed(workdir: Path, out: Path, path: str) -> None:
     assert process.returncode == -signal.SIGKILL
 
 
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])  # muon: MuonAdamW's state and the wsd schedule
 @pytest.mark.parametrize("path", ["trainer", "loop"])
-def test_killed_run_resumes_exactly(path, workdir, tmp_path):
+def test_killed_run_resumes_exactly(path, optimizer, workdir, tmp_path):
     killed, uninterrupted = tmp_path / "killed", tmp_path / "uninterrupted"
     killed.mkdir()
     uninterrupted.mkdir()
-    run_until_killed(workdir, killed, path)
+    run_until_killed(workdir, killed, path, optimizer)
     checkpoint = get_last_checkpoint(str(killed))
     assert checkpoint == str(killed / f"checkpoint-{K}")
     (killed / "batches.txt").unlink()  # from here on it records the resumed run's batches
 
-    resumed = train(workdir, killed, path, save_steps=K, resume=checkpoint)
-    reference = train(workdir, uninterrupted, path, save_steps=K)
+    resumed = train(workdir, killed, path, save_steps=K, resume=checkpoint, optimizer=optimizer)
+    reference = train(workdir, uninterrupted, path, save_steps=K, optimizer=optimizer)
 
     assert resumed.state.global_step == reference.state.global_step == MAX_STEPS
     ours, theirs = dict(resumed.model.named_parameters()), dict(reference.model.named_parameters())
@@ -151,11 +152,19 @@ def test_other_model_and_chunker_settings_are_named(
     path, checkpoint = first_run
     with pytest.raises(CheckpointError) as error:
         resume(
-            path, checkpoint, clmkit_model(n_embd=32), clmkit_args, clmkit_tokenizer, raw_datasets, chunker="overflow"
+            path,
+            checkpoint,
+            clmkit_model(n_embd=32),
+            clmkit_args,
+            clmkit_tokenizer,
+            raw_datasets,
+            chunker="overflow",
+            optimizer="muon",
         )
     message = str(error.value)
     assert "model n_embd: 64 in the checkpoint, 32 now" in message
     assert "data chunker: 'concat' in the checkpoint, 'overflow' now" in message
+    assert "optimizer optimizer: 'adamw' in the checkpoint, 'muon' now" in message  # its state would not load
     assert "context_length" not in message  # only what differs
 
 

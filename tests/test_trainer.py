@@ -229,7 +229,7 @@ def test_model_vocab_smaller_than_the_tokenizer(clmkit_tokenizer, clmkit_model, 
 
 
 def test_context_longer_than_the_models_positions(clmkit_tokenizer, clmkit_model, clmkit_args):
-    with pytest.raises(DataError, match="n_positions >= 128"):
+    with pytest.raises(DataError, match="exceeds the model's 64 positions"):
         ClmTrainer(clmkit_model(context_length=64), clmkit_args(context_length=128), processing_class=clmkit_tokenizer)
 
 

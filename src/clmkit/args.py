@@ -14,7 +14,8 @@ from transformers import TrainingArguments
 
 from clmkit.errors import ConfigError
 
-_KWARG_FIELDS = ("chunker_kwargs", "collator_kwargs", "loss_kwargs")
+_KWARG_FIELDS = ("chunker_kwargs", "collator_kwargs", "loss_kwargs", "optimizer_kwargs")
+WSD = "wsd"  # lr_scheduler_type shorthand for transformers' warmup_stable_decay
 # one document filter of ``filters``: its registered name and keyword arguments
 FilterSpec = tuple[str, dict[str, Any]]
 
@@ -56,6 +57,29 @@ class ClmTrainingArguments(TrainingArguments):
     param_grouper: str = field(
         default="decay_except_bias_and_norm",
         metadata={"help": "Which parameters get weight decay."},
+    )
+    optimizer: str = field(
+        default="adamw",
+        metadata={
+            "help": "Optimizer name: 'adamw' (the class --optim names, fused AdamW by default) or 'muon' (Muon on "
+            "the hidden matrices, AdamW on embeddings, head, norms and biases)."
+        },
+    )
+    optimizer_kwargs: dict | str | None = field(
+        default=None,
+        metadata={"help": "JSON keyword arguments of the optimizer, e.g. '{\"muon_lr\": 0.01}' for muon."},
+    )
+    lr_scheduler_type: str = field(
+        default="linear",
+        metadata={
+            "help": "The learning rate schedule: a transformers SchedulerType (linear, cosine, constant_with_warmup, "
+            "...) or 'wsd' (warmup, stable, then decay over the last lr_decay_fraction of the steps; "
+            "transformers' warmup_stable_decay)."
+        },
+    )
+    lr_decay_fraction: float = field(
+        default=0.2,
+        metadata={"help": "Share of the optimizer steps the wsd schedule spends decaying (linearly, to 0)."},
     )
     chunked_loss: bool = field(
         default=True,
@@ -104,6 +128,13 @@ class ClmTrainingArguments(TrainingArguments):
                 raise ConfigError(f"{name} must be a JSON object (a mapping), got {value!r}.")
             setattr(self, name, value)
         self.filters = canonical_filters(self.filters)
+        if self.lr_scheduler_type == WSD:
+            self.lr_scheduler_type = "warmup_stable_decay"
+        if not _is_number(self.lr_decay_fraction) or not 0 < self.lr_decay_fraction <= 1:
+            raise ConfigError(
+                f"lr_decay_fraction must be a share of the steps in (0, 1], got {self.lr_decay_fraction!r}. "
+                "Pass e.g. --lr_decay_fraction 0.2."
+            )
         if self.context_length < 2:
             raise ConfigError(f"context_length must be at least 2 tokens, got {self.context_length}.")
         if self.loss_chunk_size is not None and self.loss_chunk_size < 1:
@@ -223,7 +254,7 @@ def check_plugin_kwargs(args: ClmTrainingArguments, plugins: Any = None) -> None
     from clmkit.plugins import KIND_BY_NAME, Plugins, check_kwargs
 
     plugins = plugins or Plugins()
-    leading = {"chunkers": 2, "collators": 1, "losses": 0}  # positional arguments clmkit passes itself
+    leading = {"chunkers": 2, "collators": 1, "losses": 0, "optimizers": 3}  # positional arguments clmkit passes
     for kind_name, count in leading.items():
         kind = KIND_BY_NAME[kind_name]
         name = getattr(args, kind.option)

@@ -1,7 +1,7 @@
 """Every hook a clmkit plugin can implement, and the types of what each registers.
 
 A plugin is any object or module with functions decorated by ``clmkit.hookimpl`` whose names are
-below. The five ``clmkit_register_<kind>`` hooks fill one registry each (the table
+below. The seven ``clmkit_register_<kind>`` hooks fill one registry each (the table
 ``clmkit.plugins.KINDS``): they receive a ``register(name, factory)`` function and return nothing.
 Names are global per registry, so registering a name another plugin already registered is an
 error that names both plugins. Plugins are found through the ``clmkit`` entry-point group, or
@@ -22,8 +22,9 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 import pluggy
 
 if TYPE_CHECKING:
+    import torch
     from torch import Tensor, nn
-    from transformers import PreTrainedTokenizerBase, TrainerCallback
+    from transformers import PretrainedConfig, PreTrainedTokenizerBase, TrainerCallback
 
     from clmkit.args import ClmTrainingArguments
     from clmkit.data.chunking import Chunker
@@ -76,6 +77,23 @@ class ParamGrouper(Protocol):
     """``grouper(model, weight_decay)``: optimizer parameter groups covering every trainable parameter once."""
 
     def __call__(self, model: nn.Module, weight_decay: float, /) -> list[dict[str, Any]]: ...
+
+
+class OptimizerFactory(Protocol):
+    """``factory(model, param_groups, args, **optimizer_kwargs)``: a ``torch.optim.Optimizer`` over ``param_groups``
+    (the param grouper's), its learning rate ``args.learning_rate``; its keyword-only parameters (with defaults)
+    are the ``optimizer_kwargs`` it takes."""
+
+    def __call__(
+        self, model: nn.Module, param_groups: list[dict[str, Any]], args: ClmTrainingArguments, /
+    ) -> torch.optim.Optimizer: ...
+
+
+class ArchitectureFactory(Protocol):
+    """``factory(preset, vocab_size, context_length, eos_token_id)``: a transformers ``PretrainedConfig`` of a
+    causal LM sized by ``preset`` (a ``ConfigError`` naming the sizes when unknown)."""
+
+    def __call__(self, preset: str, vocab_size: int, context_length: int, eos_token_id: int, /) -> PretrainedConfig: ...
 
 
 @hookspec
@@ -152,6 +170,30 @@ def clmkit_register_param_groupers(register: Register[ParamGrouper]) -> None:
     ``grouper(model, weight_decay)`` returns a list of optimizer parameter groups
     (``[{"params": [...], "weight_decay": float, ...}]``) covering every trainable parameter
     exactly once. Extra keys (e.g. ``lr``) are passed to the optimizer as per-group options.
+    """
+
+
+@hookspec
+def clmkit_register_optimizers(register: Register[OptimizerFactory]) -> None:
+    """Register optimizers: ``register("name", factory)``, an ``OptimizerFactory``, chosen with
+    ``ClmTrainingArguments.optimizer`` and built with ``optimizer_kwargs``.
+
+    The factory receives the model, the param grouper's groups (weight decay decided) and the run's
+    arguments, and returns one ``torch.optim.Optimizer`` (or subclass) over exactly those parameters:
+    both training paths step it, clip its gradients, drive its groups' ``lr`` with the LR scheduler
+    (which scales each group's initial ``lr``) and save and load its ``state_dict`` in checkpoints.
+    """
+
+
+@hookspec
+def clmkit_register_architectures(register: Register[ArchitectureFactory]) -> None:
+    """Register model architectures: ``register("name", factory)``, an ``ArchitectureFactory``, chosen with
+    ``clmkit train --architecture``.
+
+    The factory returns a transformers config whose model ``AutoModelForCausalLM.from_config`` builds,
+    so the saved model loads anywhere without clmkit. ``clmkit.models.sized_config`` turns a table of
+    sizes into such a factory's body. clmkit pads ``vocab_size`` to a multiple of 64 before calling
+    it and applies ``--config_overrides`` afterwards.
     """
 
 

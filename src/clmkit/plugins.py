@@ -21,10 +21,12 @@ if TYPE_CHECKING:
 
 ENTRY_POINT_GROUP = "clmkit"
 BUILTIN_PLUGINS = (
+    "clmkit.builtins.architectures",
     "clmkit.builtins.chunkers",
     "clmkit.builtins.collators",
     "clmkit.builtins.filters",
     "clmkit.builtins.losses",
+    "clmkit.builtins.optimizers",
     "clmkit.builtins.param_groups",
 )
 
@@ -39,7 +41,8 @@ class Kind:
 
     name: str  # the registry, e.g. "chunkers"
     singular: str  # one of its entries, in messages: "chunker"
-    option: str  # the ClmTrainingArguments field that names the entry (a list of specs for filters)
+    option: str  # the option that names the entry (a list of specs for filters): a ClmTrainingArguments field,
+    # or for architectures a `clmkit train` flag (a model reaches the training paths built)
     kwargs_option: str | None  # the field holding the factory's keyword arguments
 
     @property
@@ -51,7 +54,9 @@ class Kind:
         """The names of this registry that ``args`` uses (several for ``filters``)."""
         from clmkit.args import parse_filter_specs
 
-        value = getattr(args, self.option)
+        value = getattr(args, self.option, None)
+        if value is None:  # architectures: chosen by `clmkit train --architecture`, not by the arguments
+            return []
         return [name for name, _ in parse_filter_specs(value)] if self.name == "filters" else [value]
 
 
@@ -61,6 +66,8 @@ KINDS: tuple[Kind, ...] = (
     Kind("collators", "collator", "collator", "collator_kwargs"),
     Kind("losses", "loss", "loss", "loss_kwargs"),
     Kind("param_groupers", "param grouper", "param_grouper", None),
+    Kind("optimizers", "optimizer", "optimizer", "optimizer_kwargs"),
+    Kind("architectures", "architecture", "architecture", None),
 )
 KIND_BY_NAME = {kind.name: kind for kind in KINDS}
 OTHER_HOOKS = ("clmkit_prepare_model", "clmkit_callbacks")

@@ -150,7 +150,12 @@ def metrics_table(metrics: Mapping[str, Any]) -> str:
 
 
 def model_card(
-    title: str, description: str, metrics: Mapping[str, Any], command: str, samples: Mapping[str, str]
+    title: str,
+    description: str,
+    metrics: Mapping[str, Any],
+    command: str,
+    samples: Mapping[str, str],
+    model_type: str,
 ) -> str:
     """README.md of the output folder: what the model is, its metrics, how it was made, sample completions."""
     sample_blocks = "\n\n".join(
@@ -160,7 +165,7 @@ def model_card(
     return f"""---
 library_name: transformers
 pipeline_tag: text-generation
-tags: [clmkit, gpt2, causal-lm, text-generation]
+tags: [clmkit, {model_type}, causal-lm, text-generation]
 ---
 
 # {title}

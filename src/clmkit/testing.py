@@ -7,8 +7,8 @@ off). Fixtures, all prefixed ``clmkit_``:
   packages, sorted by path (so ``email``'s come first).
 - ``clmkit_tokenizer``: a byte-level BPE tokenizer (512 tokens) trained on it; a fresh copy per
   test, so a test may add tokens.
-- ``clmkit_model``: ``make(context_length=64, seed=0, **config_overrides)`` builds a 2-layer,
-  64-dim GPT-2 sized to ``clmkit_tokenizer``.
+- ``clmkit_model``: ``make(context_length=64, seed=0, architecture="gpt2", **config_overrides)`` builds
+  a 2-layer, 64-dim model (GPT-2 unless ``architecture`` names another) sized to ``clmkit_tokenizer``.
 - ``clmkit_args``: ``make(**overrides)`` gives ``ClmTrainingArguments`` for a quick, quiet CPU run
   in the test's ``tmp_path``; any field can be overridden, ``output_dir`` included.
 - ``clmkit_plugins``: ``make(*plugin_objects)`` gives a ``Plugins`` with the built-ins and those only.
@@ -78,15 +78,21 @@ def tiny_tokenizer(vocab_size: int = 512) -> PreTrainedTokenizerBase:
 
 
 def tiny_model(
-    tokenizer: PreTrainedTokenizerBase, context_length: int = 64, seed: int = 0, **overrides: Any
+    tokenizer: PreTrainedTokenizerBase,
+    context_length: int = 64,
+    seed: int = 0,
+    architecture: str = "gpt2",
+    **overrides: Any,
 ) -> PreTrainedModel:
-    """A 2-layer, 64-dim GPT-2 (preset ``test``) sized to ``tokenizer``, initialized from ``seed``."""
+    """A 2-layer, 64-dim model of ``architecture`` (preset ``test``) sized to ``tokenizer``, initialized from
+    ``seed``."""
     import torch
 
-    from clmkit.models import build_model, gpt2_config
+    from clmkit.models import build_model, model_config
 
     torch.manual_seed(seed)
-    return build_model(gpt2_config("test", len(tokenizer), context_length, tokenizer.eos_token_id, overrides))
+    config = model_config(architecture, "test", len(tokenizer), context_length, tokenizer.eos_token_id, overrides)
+    return build_model(config)
 
 
 def tiny_args(output_dir: str | Path, **overrides: Any) -> ClmTrainingArguments:
@@ -289,7 +295,8 @@ def clmkit_tokenizer() -> PreTrainedTokenizerBase:
 
 @pytest.fixture
 def clmkit_model(clmkit_tokenizer: PreTrainedTokenizerBase) -> Callable[..., PreTrainedModel]:
-    """``make(context_length=64, seed=0, **config_overrides)``: a tiny GPT-2 sized to ``clmkit_tokenizer``."""
+    """``make(context_length=64, seed=0, architecture="gpt2", **config_overrides)``: a tiny model sized to
+    ``clmkit_tokenizer``."""
 
     def make(context_length: int = 64, seed: int = 0, **overrides: Any) -> PreTrainedModel:
         return tiny_model(clmkit_tokenizer, context_length, seed, **overrides)

@@ -178,12 +178,12 @@ def test_long_document_benchmark_smoke(capsys):
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     from clmkit.generation import default_generation_config
-    from clmkit.models import build_model, gpt2_config
+    from clmkit.models import build_model, model_config
 
     folder = tmp_path_factory.mktemp("model")
     tokenizer = train_tokenizer([TEXTWRAP.read_text(encoding="utf-8")], vocab_size=300)
     torch.manual_seed(0)
-    model = build_model(gpt2_config("test", len(tokenizer), 128, tokenizer.eos_token_id, {"n_layer": 1}))
+    model = build_model(model_config("gpt2", "test", len(tokenizer), 128, tokenizer.eos_token_id, {"n_layer": 1}))
     model.generation_config = default_generation_config(tokenizer.eos_token_id, 8)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)

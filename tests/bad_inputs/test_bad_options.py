@@ -18,7 +18,7 @@ from support.bad_inputs import assert_refused, assert_unchanged, run_cli, snapsh
 from clmkit import ClmTrainingArguments
 from clmkit.errors import ClmkitError, ConfigError
 from clmkit.generation import check_prompts, check_sampling
-from clmkit.models import gpt2_config
+from clmkit.models import model_config
 from clmkit.paths import StorageError, check_writable, storage_errors
 
 NO_CUDA = not torch.cuda.is_available()
@@ -38,13 +38,35 @@ TRAIN_CASES = [
     ("epochs 0", ["--num_train_epochs", "0"], ["num_train_epochs", "above 0"]),
     ("max_loss 0", ["--max_loss", "0"], ["max_loss", "above 0"]),
     ("context 1", ["--context_length", "1"], ["context_length", "at least 2"]),
-    ("n_embd % n_head", ["--config_overrides", "n_embd=100,n_head=3"], ["n_embd 100", "n_head 3", "multiple"]),
-    ("n_layer 0", ["--config_overrides", "n_layer=0"], ["n_layer", "at least 1"]),
-    ("n_layer text", ["--config_overrides", "n_layer=abc"], ["n_layer", "whole number"]),
-    ("n_head float", ["--config_overrides", "n_head=2.5"], ["n_head", "whole number"]),
-    ("dropout 1.5", ["--config_overrides", "resid_pdrop=1.5"], ["resid_pdrop", "[0, 1)"]),
-    ("n_positions < context", ["--config_overrides", "n_layer=1,n_positions=32"], ["n_positions 32", "context_length"]),
-    ("preset", ["--model_preset", "huge"], ["preset", "huge", "tiny"]),
+    (
+        "hidden % heads",
+        ["--config_overrides", "hidden_size=100,num_attention_heads=3"],
+        ["hidden size 100", "3 attention", "multiple"],
+    ),
+    ("layers 0", ["--config_overrides", "num_hidden_layers=0"], ["num_hidden_layers", "at least 1"]),
+    ("layers text", ["--config_overrides", "num_hidden_layers=abc"], ["num_hidden_layers", "whole number"]),
+    ("heads float", ["--config_overrides", "num_attention_heads=2.5"], ["num_attention_heads", "whole number"]),
+    ("odd rotary heads", ["--config_overrides", "hidden_size=50"], ["25 dimensions", "odd", "even"]),
+    ("kv heads", ["--config_overrides", "num_key_value_heads=3"], ["2 attention heads", "3 key/value heads"]),
+    ("dropout 1.5", ["--config_overrides", "attention_dropout=1.5"], ["attention_dropout", "[0, 1)"]),
+    ("positions < context", ["--config_overrides", "max_position_embeddings=32"], ["32 positions", "context_length"]),
+    ("gpt2 field", ["--config_overrides", "n_layer=1"], ["n_layer", "Qwen3Config does not have"]),
+    (
+        "gpt2 n_embd % n_head",
+        ["--architecture", "gpt2", "--config_overrides", "n_embd=100,n_head=3"],
+        ["hidden size 100"],
+    ),
+    ("gpt2 dropout", ["--architecture", "gpt2", "--config_overrides", "resid_pdrop=1.5"], ["resid_pdrop", "[0, 1)"]),
+    ("preset", ["--model_preset", "huge"], ["preset", "huge", "tiny", "base"]),
+    ("architecture", ["--architecture", "mamba"], ["architecture", "mamba", "llama", "qwen3"]),
+    ("optimizer", ["--optimizer", "lion"], ["unknown optimizer", "lion", "muon"]),
+    ("adamw kwarg", ["--optimizer", "adamw", "--optimizer_kwargs", '{"beta": 1}'], ["optimizer 'adamw'", "beta"]),
+    ("muon kwarg", ["--optimizer_kwargs", '{"beta": 1}'], ["optimizer 'muon'", "beta", "muon_lr", "optimizer_kwargs"]),
+    ("muon dtype", ["--optimizer", "muon", "--optimizer_kwargs", '{"ns_dtype": "fp8"}'], ["ns_dtype", "fp8"]),
+    ("muon momentum", ["--optimizer", "muon", "--optimizer_kwargs", '{"momentum": 1.5}'], ["momentum", "1.5"]),
+    ("muon lr", ["--optimizer", "muon", "--optimizer_kwargs", '{"muon_lr": "fast"}'], ["muon_lr", "a number"]),
+    ("decay fraction 0", ["--lr_decay_fraction", "0"], ["lr_decay_fraction", "(0, 1]"]),
+    ("decay fraction 2", ["--lr_decay_fraction", "2"], ["lr_decay_fraction", "(0, 1]"]),
     ("vocab 100", ["--vocab_size", "100"], ["vocab_size", "257", "byte"]),
     ("vocab 256", ["--vocab_size", "256"], ["vocab_size", "257"]),
     ("new tokens = context", ["--max_new_tokens", "64"], ["max_new_tokens 64", "context of 64", "at most 63"]),
@@ -200,12 +222,18 @@ def test_fp16_on_cpu_names_the_fix(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("overrides", "word"),
-    [({"n_embd": 64, "n_head": 5}, "not divisible"), ({"n_head": 0}, "n_head"), ({"attn_pdrop": -0.1}, "attn_pdrop")],
+    ("architecture", "overrides", "word"),
+    [
+        ("gpt2", {"n_embd": 64, "n_head": 5}, "not divisible"),
+        ("gpt2", {"n_head": 0}, "num_attention_heads"),
+        ("gpt2", {"attn_pdrop": -0.1}, "attn_pdrop"),
+        ("llama", {"hidden_size": 64, "num_attention_heads": 5, "num_key_value_heads": 5}, "not divisible"),
+        ("qwen3", {"num_key_value_heads": 0}, "num_key_value_heads"),
+    ],
 )
-def test_model_shape_is_checked(overrides, word):
+def test_model_shape_is_checked(architecture, overrides, word):
     with pytest.raises(ConfigError, match=word):
-        gpt2_config("test", 300, 64, 0, overrides)
+        model_config(architecture, "test", 300, 64, 0, overrides)
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,7 @@
 """A short run on either path that logs its batches and can be killed after a checkpoint; used by test_resume.
 
-``python resumable.py WORKDIR OUT PATH K`` trains with checkpoints every K steps; after the
+``python resumable.py WORKDIR OUT PATH K [OPTIMIZER]`` trains with checkpoints every K steps (AdamW and a
+cosine schedule, or ``muon`` with the ``wsd`` schedule); after the
 checkpoint at step K it writes ``OUT/saved-K`` and slows down, so the test can SIGKILL it mid-run.
 The tests import ``train`` to run the uninterrupted and the resumed runs in their own process.
 Every collated batch's fingerprint is appended to ``OUT/batches.txt``: the order the run saw them.
@@ -63,7 +64,21 @@ class SlowAfterSave(TrainerCallback):
             time.sleep(2)
 
 
-def train(workdir: Path, out: Path, path: str, save_steps: int, resume: str | None = None, callbacks=()) -> Any:
+OPTIMIZERS = {
+    "adamw": {"optimizer": "adamw", "lr_scheduler_type": "cosine"},
+    "muon": {"optimizer": "muon", "lr_scheduler_type": "wsd", "lr_decay_fraction": 0.5},
+}
+
+
+def train(
+    workdir: Path,
+    out: Path,
+    path: str,
+    save_steps: int,
+    resume: str | None = None,
+    callbacks=(),
+    optimizer: str = "adamw",
+) -> Any:
     """Train ``MAX_STEPS`` optimizer steps (over 3 epochs, with a short last window each epoch) into ``out``."""
     tokenizer, data = load_inputs(workdir)
     args = ClmTrainingArguments(
@@ -84,6 +99,7 @@ def train(workdir: Path, out: Path, path: str, save_steps: int, resume: str | No
         use_cpu=True,
         disable_tqdm=True,
         seed=0,
+        **OPTIMIZERS[optimizer],
     )
     run = runner(
         path,
@@ -100,4 +116,5 @@ def train(workdir: Path, out: Path, path: str, save_steps: int, resume: str | No
 
 if __name__ == "__main__":
     workdir, out, path, k = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], int(sys.argv[4])
-    train(workdir, out, path, save_steps=k, callbacks=[SlowAfterSave(out, k)])
+    optimizer = sys.argv[5] if len(sys.argv) > 5 else "adamw"
+    train(workdir, out, path, save_steps=k, callbacks=[SlowAfterSave(out, k)], optimizer=optimizer)

@@ -1,6 +1,6 @@
 """The ``clmkit`` command: ``train``, ``prepare``, ``eval``, ``generate`` and ``plugins``.
 
-``clmkit train`` with no arguments trains a byte-level BPE tokenizer and a small GPT-2 on this
+``clmkit train`` with no arguments trains a byte-level BPE tokenizer and a small Qwen3-style model on this
 interpreter's standard library in about three minutes on a CPU, and leaves a complete model folder.
 Every ``ClmTrainingArguments`` (hence ``TrainingArguments``) field is a flag; ``--config run.yaml``
 takes the same fields, and flags override it. Bad input ends with one line on stderr and exit code 2.
@@ -22,7 +22,7 @@ from clmkit.errors import ClmkitError
 logger = logging.getLogger("clmkit")
 
 COMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
-    "train": (cmd_train, "train a tokenizer and a GPT-2 (defaults: the stdlib, about 3 minutes on a CPU)"),
+    "train": (cmd_train, "train a tokenizer and a causal LM (defaults: the stdlib, about 3 minutes on a CPU)"),
     "prepare": (cmd_prepare, "tokenize and chunk a corpus once, for train"),
     "eval": (cmd_eval, "perplexity and bits per byte of a saved model"),
     "generate": (cmd_generate, "complete a prompt with a saved model"),

@@ -16,6 +16,7 @@ from clmkit.cli.options import (
     SourceOptions,
     TokenizerOptions,
     _parse,
+    detected_defaults,
     field_help,
     list_registered_names,
 )
@@ -181,6 +182,7 @@ def cmd_eval(argv: Sequence[str]) -> int:
             text_column=rest.text_column,
             per_device_eval_batch_size=rest.batch_size,
             report_to="none",
+            **detected_defaults(set()),  # the precision of `clmkit train`'s final evaluation on this device
         )
         trainer = ClmTrainer(model=model, args=args, processing_class=tokenizer, eval_dataset=data.splits[rest.split])
         metrics = trainer.evaluate()

@@ -18,15 +18,18 @@ from clmkit.errors import ClmkitError, ConfigError
 
 DEFAULT_OUTPUT_DIR = "clmkit-out"
 DEFAULT_PROMPTS = ["def fibonacci(n):", "import os\n"]
-# what `clmkit train` changes from TrainingArguments' defaults: a run sized for ~3 minutes on 2 CPU cores
+# what `clmkit train` changes from TrainingArguments' defaults: a run sized for ~3 minutes on 2 CPU cores, the
+# recipe bench/sweep.py found best at a fixed wall clock (docs/benchmarks.md)
 TRAIN_DEFAULTS: dict[str, Any] = {
     "output_dir": DEFAULT_OUTPUT_DIR,
     "max_steps": 450,
     "per_device_train_batch_size": 16,
     "per_device_eval_batch_size": 64,
-    "learning_rate": 2e-3,
+    "optimizer": "muon",
+    "learning_rate": 3e-3,
     "warmup_steps": 0.05,
-    "lr_scheduler_type": "cosine",
+    "lr_scheduler_type": "wsd",
+    "lr_decay_fraction": 0.4,
     "weight_decay": 0.1,
     "adam_beta2": 0.98,
     "eval_strategy": "steps",
@@ -136,11 +139,23 @@ class RunOptions:
     config: str | None = field(
         default=None, metadata={"help": "A YAML file of these flags' fields (without --); flags override it."}
     )
+    architecture: str = field(
+        default="qwen3",
+        metadata={
+            "help": "Model architecture: 'qwen3' (RoPE, RMSNorm, SwiGLU, QK-norm, untied head), 'llama' (the same "
+            "without QK-norm) or 'gpt2' (the course's)."
+        },
+    )
     model_preset: str = field(
-        default="tiny", metadata={"help": "GPT-2 size: test, tiny (CPU default), small, gpt2 (124M, the course's)."}
+        default="tiny",
+        metadata={"help": "Model size: test, tiny (CPU default), small, base (about 124M, the course's GPT-2 size)."},
     )
     config_overrides: str | None = field(
-        default=None, metadata={"help": "Comma-separated GPT2Config fields over the preset, e.g. n_layer=6,n_embd=384."}
+        default=None,
+        metadata={
+            "help": "Comma-separated fields of the architecture's config over the preset, e.g. "
+            "num_hidden_layers=6,hidden_size=384 (GPT-2: n_layer=6,n_embd=384)."
+        },
     )
     overwrite: bool = field(
         default=False,
@@ -166,13 +181,24 @@ class RunOptions:
         },
     )
 
+    def model_config(self, vocab_size: int, context_length: int, eos_token_id: int, plugins: Any = None) -> Any:
+        """The config of the model these options describe (``clmkit.models.model_config``)."""
+        from clmkit.models import model_config
+
+        return model_config(
+            self.architecture,
+            self.model_preset,
+            vocab_size,
+            context_length,
+            eos_token_id,
+            parse_overrides(self.config_overrides),
+            plugins,
+        )
+
     def validate(self) -> None:
         """Prompts, new tokens and the evaluation subset that the end of the run needs, checked before it starts."""
         from clmkit.generation import check_prompts
-        from clmkit.models import PRESETS
 
-        if self.model_preset not in PRESETS:
-            raise ConfigError(f"unknown model preset {self.model_preset!r}; presets: {', '.join(PRESETS)}.")
         if isinstance(self.prompts, str) or not self.prompts:
             raise ConfigError("--prompts names no prompt; the run ends with a completion of each. Pass some text.")
         check_prompts(self.prompts)
@@ -299,15 +325,18 @@ def _train_parser() -> Parser:
     parser = Parser(
         [SourceOptions, TokenizerOptions, RunOptions, ClmTrainingArguments],
         prog="clmkit train",
-        usage="%(prog)s [--dataset SRC] [--config RUN.yaml] [--model_preset NAME] [--<any TrainingArguments field> V]",
-        description="Train a GPT-2 from scratch with ClmTrainer. With no arguments: a tokenizer and a `tiny` GPT-2 "
+        usage="%(prog)s [--dataset SRC] [--config RUN.yaml] [--architecture NAME] [--model_preset SIZE] "
+        "[--<any TrainingArguments field> V]",
+        description="Train a causal LM from scratch with ClmTrainer. With no arguments: a tokenizer and a `tiny` "
+        "Qwen3-style model "
         "trained on this Python's standard library for about three minutes on a CPU. Every TrainingArguments "
         "field is a flag (--snake_case or --kebab-case). clmkit's defaults differ from TrainingArguments' for: "
         + ", ".join(f"{k}={v}" for k, v in TRAIN_DEFAULTS.items())
-        + ".",
+        + ", and bf16=true where the device computes in bfloat16 natively (GPUs from Ampere on, CPUs with AMX).",
         epilog="Examples: clmkit train --dataset my_repo/ --max_steps 2000 | "
         "clmkit train --config clmkit-out/training_args.yaml --output_dir run2 | "
-        "clmkit train --model-preset gpt2 --dataset 'data/*.jsonl' --text_column text --bf16 --max_steps 50000",
+        "clmkit train --architecture gpt2 --model-preset base --dataset 'data/*.jsonl' --text_column text "
+        "--max_steps 50000",
     )
     parser.set_defaults(**TRAIN_DEFAULTS)
     list_registered_names(parser)
@@ -329,7 +358,7 @@ def parse_train_args(
     known = [f.name for dt in parser.dataclass_types for f in fields(dt) if f.init]
     config = read_config(config_path, [*known, MIXTURE_KEY]) if config_path else {}
     mixture = config.pop(MIXTURE_KEY, None)
-    parser.set_defaults(**config)
+    parser.set_defaults(**detected_defaults(_explicit_keys(argv, config)), **config)
     source, tok, run, args = _parse(parser, argv)
     source.mixture = mixture
     explicit = _explicit_keys(argv, config)
@@ -349,7 +378,31 @@ def parse_train_args(
             if (k in TRAIN_DEFAULTS or baseline.get(k) != v) and k not in NOT_SAVED
         }
     )
+    if "use_cpu" not in explicit:  # a fact of this machine: the run's file must train on a GPU elsewhere
+        values.pop("use_cpu", None)
     return source, tok, run, args, values
+
+
+def detected_defaults(explicit: set[str]) -> dict[str, Any]:
+    """The defaults that depend on the device: ``use_cpu`` where there is no accelerator (TrainingArguments takes
+    bf16 on a CPU only then), and bf16 autocast where the device computes in bfloat16 natively (unless a precision
+    was asked for)."""
+    from clmkit.device import native_bf16, training_device
+
+    defaults: dict[str, Any] = {}
+    if "use_cpu" not in explicit and not accelerator_available():
+        defaults["use_cpu"] = True
+    if not explicit & {"bf16", "fp16"}:
+        defaults["bf16"] = native_bf16(training_device(use_cpu="use_cpu" in explicit))
+    return defaults
+
+
+def accelerator_available() -> bool:
+    """Whether torch sees a device other than the CPU that TrainingArguments would train on (CUDA, XPU, MPS)."""
+    import torch
+
+    xpu = getattr(torch, "xpu", None)
+    return torch.cuda.is_available() or bool(xpu and xpu.is_available()) or torch.backends.mps.is_available()
 
 
 def validate_train_options(run: RunOptions, args: ClmTrainingArguments) -> None:
@@ -357,8 +410,7 @@ def validate_train_options(run: RunOptions, args: ClmTrainingArguments) -> None:
     shape and context against the generation options, the plugins' keyword arguments by type, and that the
     output folder can be written."""
     from clmkit.args import check_plugin_kwargs
-    from clmkit.generation import check_sampling
-    from clmkit.models import gpt2_config
+    from clmkit.generation import check_sampling, context_size
     from clmkit.paths import check_writable
 
     if args.max_steps == -1 and not args.num_train_epochs > 0:
@@ -366,13 +418,14 @@ def validate_train_options(run: RunOptions, args: ClmTrainingArguments) -> None:
             f"--num_train_epochs must be above 0, got {args.num_train_epochs}. Pass e.g. --num_train_epochs 1, "
             "or --max_steps N."
         )
-    config = gpt2_config(run.model_preset, 257, args.context_length, 0, parse_overrides(run.config_overrides))
-    if config.n_positions < args.context_length:
+    config = run.model_config(257, args.context_length, 0)
+    positions = context_size(config) or args.context_length
+    if positions < args.context_length:
         raise ConfigError(
-            f"--context_length {args.context_length} exceeds the model's n_positions {config.n_positions} "
-            f"(set in --config_overrides). Lower --context_length, or set n_positions >= {args.context_length}."
+            f"--context_length {args.context_length} exceeds the model's {positions} positions (set in "
+            f"--config_overrides). Lower --context_length, or give the model at least {args.context_length} positions."
         )
-    check_sampling(run.max_new_tokens, 1.0, 1.0, config.n_positions)
+    check_sampling(run.max_new_tokens, 1.0, 1.0, positions)
     check_plugin_kwargs(args)
     check_writable(str(args.output_dir))
 
@@ -393,6 +446,8 @@ def parse_overrides(text: str | None) -> dict[str, Any]:
             continue
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise ConfigError(f"--config_overrides item {item!r} is not field=value. Write e.g. n_layer=6,n_embd=384.")
+            raise ConfigError(
+                f"--config_overrides item {item!r} is not field=value. Write e.g. num_hidden_layers=6,hidden_size=384."
+            )
         overrides[key.strip()] = yaml.safe_load(value.strip())
     return overrides

@@ -20,7 +20,7 @@ from clmkit.errors import ConfigError
 from clmkit.outputs import OutputFolder, check_overwritable
 from clmkit.paths import storage_errors
 from clmkit.report import write_text
-from clmkit.training.components import TrainingRun, check_final_eval
+from clmkit.training.components import TrainingRun, check_final_eval, check_optimizer_options
 
 logger = logging.getLogger("clmkit")
 
@@ -110,13 +110,13 @@ def cmd_train(argv: Sequence[str]) -> int:
     checkpoint = resolve_checkpoint(args.resume_from_checkpoint, folder.path)
     if run.overwrite and checkpoint is None:
         check_overwritable(folder.path, [source.dataset, tok_options.tokenizer, run.config])
-    from clmkit.models import gpt2_config
     from clmkit.plugins import Plugins
 
     overrides = parse_overrides(run.config_overrides)
-    gpt2_config(run.model_preset, 256, args.context_length, 0, overrides)  # fail before the slow steps
     plugins = Plugins()
+    run.model_config(256, args.context_length, 0, plugins)  # fail before the slow steps
     plugins.check_names(args)  # every registry, before the data is read
+    check_optimizer_options(plugins, args)
     folder.check_not_in_use()
     check_output_dir(folder, values, run.overwrite, checkpoint is not None)  # before the lock creates anything
     with folder.locked(), storage_errors(folder.path):
@@ -219,20 +219,27 @@ def train_in(
         train_points,
         eval_points,
         final_point,
-        f"clmkit train: {run.model_preset} GPT-2 on {data.info.get('source')}",
+        f"clmkit train: {run.architecture} {run.model_preset} on {data.info.get('source')}",
     )
     metrics["wall_time_seconds"] = round(time.time() - started, 1)
     report.write_json(out / "metrics.json", metrics)
     folder.record(["metrics.json", "loss_curve.png"])
     description = (
-        f"A GPT-2 (preset `{run.model_preset}`, {metrics['parameters']:,} parameters, context "
+        f"A {run.architecture} model (preset `{run.model_preset}`, {metrics['parameters']:,} parameters, context "
         f"{args.context_length}) trained from scratch with clmkit on `{data.info.get('source')}`, "
         f"with a tokenizer of {len(tokenizer):,} tokens."
         + (f" Third-party plugins: {', '.join(plugin_label(p) for p in loaded)}." if loaded else "")
     )
     report.write_text(
         out / "README.md",
-        report.model_card(out.name, description, metrics, command, dict(zip(run.prompts, samples, strict=True))),
+        report.model_card(
+            out.name,
+            description,
+            metrics,
+            command,
+            dict(zip(run.prompts, samples, strict=True)),
+            trainer.model.config.model_type,
+        ),
     )
     folder.record(["README.md"])
     print_summary(out, metrics, samples)
@@ -255,29 +262,32 @@ def process_start_time() -> float:
 def build_trainer(
     run: RunOptions, overrides: dict[str, Any], args: ClmTrainingArguments, data: Corpus, tokenizer: Any
 ) -> TrainingRun:
-    """A ClmTrainer over a freshly initialized GPT-2 sized to the tokenizer and context."""
+    """A ClmTrainer (or ClmLoop) over a freshly initialized model of the run's architecture, sized to the tokenizer
+    and context."""
     from transformers import set_seed
 
     from clmkit.generation import default_generation_config
-    from clmkit.models import build_model, gpt2_config
+    from clmkit.models import build_model, suppress_padding_tokens
     from clmkit.training.loop import ClmLoop
     from clmkit.training.trainer import ClmTrainer
 
-    config = gpt2_config(run.model_preset, len(tokenizer), args.context_length, tokenizer.eos_token_id, overrides)
+    config = run.model_config(len(tokenizer), args.context_length, tokenizer.eos_token_id)
     set_seed(args.seed)
     model = build_model(config)
     model.generation_config = default_generation_config(tokenizer.eos_token_id, run.max_new_tokens)
-    logger.info("model: GPT-2 %s, %s parameters", run.model_preset, f"{model.num_parameters():,}")
+    logger.info("model: %s %s, %s parameters", run.architecture, run.model_preset, f"{model.num_parameters():,}")
     if run.loop == "accelerate" and args.push_to_hub:
         args.hub_strategy = "end"  # the loop pushes once, after the final save
     trainer_cls: Callable[..., TrainingRun] = ClmLoop if run.loop == "accelerate" else ClmTrainer
-    return trainer_cls(
+    trainer = trainer_cls(
         model=model,
         args=args,
         processing_class=tokenizer,
         train_dataset=data.splits["train"],
         eval_dataset=data.splits["validation"],
     )
+    suppress_padding_tokens(model, len(tokenizer))  # after the plugins added their tokens
+    return trainer
 
 
 def spread_subset(dataset: Any, count: int) -> Any:

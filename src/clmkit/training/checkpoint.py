@@ -66,7 +66,8 @@ def fault_point(stage: str) -> None:
 def run_settings(
     model: PreTrainedModel, args: ClmTrainingArguments, tokenizer: Any, num_processes: int
 ) -> dict[str, dict[str, Any]]:
-    """What a run must share with a checkpoint to resume it exactly: model, data preparation, and data order."""
+    """What a run must share with a checkpoint to resume it exactly: model, data preparation, data order and the
+    optimizer whose state it holds."""
     config = {k: v for k, v in model.config.to_diff_dict().items() if k not in _VOLATILE_CONFIG_KEYS}
     data = {
         "chunker": args.chunker,
@@ -86,7 +87,10 @@ def run_settings(
         "data_seed": args.data_seed,
         "train_sampling_strategy": args.train_sampling_strategy,
     }
-    return json.loads(json.dumps({"model": config, "data": data, "data order": order}, default=str))
+    optimizer = {"optimizer": args.optimizer, "optimizer_kwargs": args.optimizer_kwargs}  # the state it loads
+    return json.loads(
+        json.dumps({"model": config, "data": data, "data order": order, "optimizer": optimizer}, default=str)
+    )
 
 
 def setting_differences(saved: dict[str, dict[str, Any]], current: dict[str, dict[str, Any]]) -> list[str]:

@@ -18,12 +18,12 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import torch
 from torch import Tensor, nn
-from transformers import PreTrainedModel, TrainerCallback, TrainerState
-from transformers.trainer_utils import TrainOutput, enable_full_determinism, set_seed
+from transformers import PreTrainedModel, TrainerCallback, TrainerState, get_scheduler
+from transformers.trainer_utils import SchedulerType, TrainOutput, enable_full_determinism, set_seed
 
 from clmkit.args import ClmTrainingArguments
 from clmkit.data.chunking import Chunker, ChunkStats
@@ -89,6 +89,7 @@ def assemble(
     evals = eval_dataset.values() if isinstance(eval_dataset, Mapping) else [eval_dataset]
     chunkers = sorted({name for d in [train_dataset, *evals] for name in chunker_names(d, args.chunker)})
     manager.check_names(args, chunkers)
+    check_optimizer_options(manager, args)
     manager.prepare_model(model, tokenizer, args, chunkers)
     check_tokenizer_and_model(tokenizer, model, args.context_length)
     loss: Loss = manager.build("losses", args.loss, tokenizer=tokenizer, **args.plugin_kwargs("loss"))
@@ -140,7 +141,8 @@ def check_tokenizer_and_model(tokenizer: Any, model: nn.Module | None, context_l
     if positions is not None and positions < context_length:
         raise DataError(
             f"context_length {context_length} exceeds the model's {positions} positions. "
-            f"Lower context_length, or build the config with n_positions >= {context_length}."
+            f"Lower context_length, or build the config with at least {context_length} positions (n_positions or "
+            "max_position_embeddings)."
         )
 
 
@@ -152,12 +154,58 @@ def builds_own_parameter_list(optimizer_cls: Any, optimizer_kwargs: Mapping[str,
     return not isinstance(optimizer_cls, type) or bool({"params", "model", "optimizer_dict"} & set(optimizer_kwargs))
 
 
-def grouped_optimizer(
-    plugins: Plugins, args: ClmTrainingArguments, model: nn.Module, optimizer_cls: type, optimizer_kwargs: dict
-) -> torch.optim.Optimizer:
-    """``optimizer_cls`` (AdamW or ``args.optim``) over the parameter groups of ``args.param_grouper``."""
-    grouper = plugins.get("param_groupers", args.param_grouper).obj
-    return optimizer_cls(grouper(model, args.weight_decay), **optimizer_kwargs)
+def trainer_builds_optimizer(args: ClmTrainingArguments, model: Any) -> bool:
+    """Whether ``optimizer="adamw"`` names an ``--optim`` that builds its own parameter list, which only
+    ``Trainer`` itself can build (``ClmLoop`` refuses it)."""
+    from transformers import Trainer
+
+    return args.optimizer == "adamw" and builds_own_parameter_list(*Trainer.get_optimizer_cls_and_kwargs(args, model))
+
+
+def param_groups(plugins: Plugins, args: ClmTrainingArguments, model: nn.Module) -> list[dict[str, Any]]:
+    """The parameter groups of ``args.param_grouper`` (which parameters get weight decay)."""
+    return plugins.get("param_groupers", args.param_grouper).obj(model, args.weight_decay)
+
+
+def build_optimizer(plugins: Plugins, args: ClmTrainingArguments, model: nn.Module) -> torch.optim.Optimizer:
+    """The optimizer ``args.optimizer`` names (``adamw``, ``muon``, a plugin's), built with ``optimizer_kwargs``
+    over the param grouper's groups: the one optimizer both paths step, schedule and checkpoint."""
+    groups = param_groups(plugins, args, model)
+    return plugins.build("optimizers", args.optimizer, model, groups, args, **args.plugin_kwargs("optimizer"))
+
+
+def check_optimizer_options(plugins: Plugins, args: ClmTrainingArguments) -> None:
+    """Build the run's optimizer once over a 2 x 2 linear layer, so a value its factory refuses (a ``ConfigError``)
+    is reported before any data is read; any other failure is left to the real build."""
+    probe = nn.Linear(2, 2)
+    try:
+        build_optimizer(plugins, args, probe)
+    except ConfigError:
+        raise
+    except Exception:  # e.g. an --optim that needs a GPU or a real model: the real build reports it
+        logger.debug("optimizer probe failed", exc_info=True)
+
+
+def build_scheduler(
+    args: ClmTrainingArguments, optimizer: torch.optim.Optimizer, num_training_steps: int
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """``args.lr_scheduler_type`` over ``num_training_steps`` optimizer steps; ``wsd`` (warmup_stable_decay)
+    decays linearly to 0 over the last ``lr_decay_fraction`` of them unless ``lr_scheduler_kwargs`` says
+    otherwise."""
+    kwargs = dict(cast(dict[str, Any], args.lr_scheduler_kwargs) or {})  # a dict after __post_init__
+    warmup = args.get_warmup_steps(num_training_steps)
+    wsd = args.lr_scheduler_type == SchedulerType.WARMUP_STABLE_DECAY
+    if wsd and not {"num_decay_steps", "num_stable_steps"} & set(kwargs):
+        decay = round(args.lr_decay_fraction * num_training_steps)
+        kwargs["num_decay_steps"] = max(0, min(decay, num_training_steps - warmup))
+        kwargs.setdefault("decay_type", "linear")
+    return get_scheduler(
+        args.lr_scheduler_type,
+        optimizer,
+        num_warmup_steps=warmup,
+        num_training_steps=num_training_steps,
+        scheduler_specific_kwargs=kwargs,
+    )
 
 
 # ---- evaluation ------------------------------------------------------------------------------

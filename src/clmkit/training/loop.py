@@ -25,7 +25,7 @@ from accelerate.utils import DataLoaderConfiguration, DistributedType, GradientA
 from datasets import Dataset, IterableDataset
 from torch import nn
 from torch.utils.data import DataLoader, RandomSampler, SequentialSampler
-from transformers import PreTrainedModel, Trainer, TrainerCallback, get_scheduler
+from transformers import PreTrainedModel, TrainerCallback
 from transformers.integrations import get_reporting_integration_callbacks
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_callback import (
@@ -101,8 +101,7 @@ class ClmLoop:
         self.token_counter, self._byte_lengths = run.token_counter, run.byte_lengths
         self._mfu: MfuMeter | None = None
         self._divergence = components.DivergenceGuard(args.max_loss)
-        self.optimizer_cls, self.optimizer_kwargs = Trainer.get_optimizer_cls_and_kwargs(args, model)
-        if components.builds_own_parameter_list(self.optimizer_cls, self.optimizer_kwargs):
+        if components.trainer_builds_optimizer(args, model):
             raise ConfigError(
                 f"the Accelerate loop does not implement optim {args.optim!r}: it builds its own parameter list. "
                 "Use adamw_torch (or another plain torch optimizer), or train with ClmTrainer."
@@ -113,6 +112,7 @@ class ClmLoop:
         self.accelerator = Accelerator(
             # --bf16 / --fp16 decide; else the accelerate config's mixed_precision, as for the Trainer
             mixed_precision="bf16" if args.bf16 else "fp16" if args.fp16 else None,
+            dynamo_backend=args.torch_compile_backend if args.torch_compile else None,  # compiled in prepare()
             cpu=args.use_cpu,
             gradient_accumulation_plugin=GradientAccumulationPlugin(
                 num_steps=args.gradient_accumulation_steps, sync_with_dataloader=False
@@ -137,7 +137,8 @@ class ClmLoop:
         self.state = TrainerState()
         self.control = TrainerControl()
         self.model_wrapped: nn.Module | None = None
-        self.lr_scheduler: Any = None  # set by train()
+        self.optimizer: Any = None  # set by train()
+        self.lr_scheduler: Any = None
 
     def add_callback(self, callback: TrainerCallback | type[TrainerCallback]) -> None:
         """Add a ``TrainerCallback`` (an instance or a class), as ``Trainer.add_callback`` does."""
@@ -156,9 +157,7 @@ class ClmLoop:
             raise ConfigError("ClmLoop.train needs a train_dataset.")
         if args.gradient_checkpointing:
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=args.gradient_checkpointing_kwargs)
-        optimizer = components.grouped_optimizer(
-            self.plugins, args, self.model, self.optimizer_cls, self.optimizer_kwargs
-        )
+        optimizer = components.build_optimizer(self.plugins, args, self.model)
         model, optimizer, dataloader = acc.prepare(self.model, optimizer, self._train_dataloader())
         self.model_wrapped = model
         batches_per_epoch = len(dataloader) if has_length(dataloader) else None
@@ -170,15 +169,9 @@ class ClmLoop:
                 args.num_train_epochs * math.ceil(batches_per_epoch / args.gradient_accumulation_steps)
             )
         # counted in optimizer steps, stepped once per optimizer step (the course built it in micro-batches)
-        scheduler = get_scheduler(
-            args.lr_scheduler_type,
-            optimizer,
-            num_warmup_steps=args.get_warmup_steps(max_steps),
-            num_training_steps=max_steps,
-            scheduler_specific_kwargs=cast(dict[str, Any], args.lr_scheduler_kwargs),  # a dict after __post_init__
-        )
+        scheduler = components.build_scheduler(args, optimizer, max_steps)
         # saved by clmkit as JSON, not registered with accelerate (which would pickle it and unpickle it unsafely)
-        self.lr_scheduler = scheduler
+        self.optimizer, self.lr_scheduler = optimizer, scheduler
         self.callback_handler.optimizer, self.callback_handler.lr_scheduler = optimizer, scheduler
         self._init_state(max_steps)
         epoch, resumed = 0, None

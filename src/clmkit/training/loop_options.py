@@ -12,11 +12,6 @@ def trainer_only_options(args: ClmTrainingArguments) -> list[str]:
         ("deepspeed", bool(args.deepspeed), f"give DeepSpeed to accelerate: {accelerate_config}deepspeed_zero2.yaml"),
         ("fsdp", bool(args.fsdp), f"give FSDP to accelerate: {accelerate_config}fsdp.yaml"),
         ("parallelism_config", args.parallelism_config is not None, "use data parallelism: DDP, FSDP or ZeRO"),
-        (
-            "torch_compile",
-            args.torch_compile,
-            "compile through accelerate: accelerate launch --dynamo_backend inductor",
-        ),
         ("auto_find_batch_size", args.auto_find_batch_size, "set per_device_train_batch_size"),
         ("load_best_model_at_end", args.load_best_model_at_end, "load the best checkpoint-N after training"),
         ("save_strategy", args.save_strategy == "best", "save by 'steps' or 'epoch'"),

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from datasets import Dataset, IterableDataset
@@ -32,9 +32,12 @@ from clmkit.training.checkpoint import (
 from clmkit.training.components import (
     DivergenceGuard,
     assemble,
+    build_optimizer,
+    build_scheduler,
     builds_own_parameter_list,
     evaluate_batches,
-    grouped_optimizer,
+    param_groups,
+    trainer_builds_optimizer,
     training_log_values,
 )
 from clmkit.training.flops import MfuMeter
@@ -240,15 +243,28 @@ class ClmTrainer(Trainer):
     # ---- optimizer --------------------------------------------------------------------------
 
     def create_optimizer(self, model: PreTrainedModel | None = None) -> torch.optim.Optimizer:
-        """AdamW (or ``args.optim``) over the parameter groups of ``args.param_grouper``."""
+        """The optimizer ``args.optimizer`` names over the parameter groups of ``args.param_grouper``; the class
+        of ``Trainer(optimizer_cls_and_kwargs=...)`` when one was given."""
         if self.optimizer is None:
             opt_model = self.model if model is None else model
-            optimizer_cls, optimizer_kwargs = self.optimizer_cls_and_kwargs or self.get_optimizer_cls_and_kwargs(
-                self.args, opt_model
-            )
-            if not builds_own_parameter_list(optimizer_cls, optimizer_kwargs):  # else Trainer's own path
-                self.optimizer = grouped_optimizer(self.plugins, self.args, opt_model, optimizer_cls, optimizer_kwargs)
+            if self.optimizer_cls_and_kwargs is not None:
+                optimizer_cls, optimizer_kwargs = self.optimizer_cls_and_kwargs
+                if not builds_own_parameter_list(optimizer_cls, optimizer_kwargs):
+                    self.optimizer = optimizer_cls(param_groups(self.plugins, self.args, opt_model), **optimizer_kwargs)
+            elif not trainer_builds_optimizer(self.args, opt_model):  # else Trainer's own path
+                self.optimizer = build_optimizer(self.plugins, self.args, opt_model)
         return super().create_optimizer(model)
+
+    def create_scheduler(
+        self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None
+    ) -> torch.optim.lr_scheduler.LRScheduler:
+        """``args.lr_scheduler_type`` as ``ClmLoop`` builds it (``wsd`` included)."""
+        if self.lr_scheduler is None:
+            optimizer = optimizer or self.optimizer
+            assert optimizer is not None, "create_optimizer runs first"
+            self.lr_scheduler = build_scheduler(self.args, optimizer, num_training_steps)  # type: ignore[assignment]
+            self._created_lr_scheduler = True
+        return cast(torch.optim.lr_scheduler.LRScheduler, self.lr_scheduler)
 
     # ---- logging and evaluation ---------------------------------------------------------------
 
