@@ -224,9 +224,14 @@ def test_rotation_keeps_the_limit_the_newest_and_what_it_is_told(tmp_path):
         folder = tmp_path / f"checkpoint-{step}"
         folder.mkdir()
         checkpoint.write_checkpoint_state(folder, {"global_step": step}, {})
-    (tmp_path / ".deleting-checkpoint-1").mkdir()  # a rotation a kill interrupted
+    (tmp_path / ".deleting-checkpoint-1").mkdir()  # a rotation a kill interrupted: clmkit's owner file is left
+    (tmp_path / ".deleting-checkpoint-1" / checkpoint.OWNER_FILE).touch()
+    (tmp_path / ".deleting-checkpoint-3").mkdir()  # a user's folder of that name: never deleted
+    (tmp_path / ".deleting-checkpoint-3" / "notes.txt").write_text("mine\n")
     deleted = rotate_checkpoints(tmp_path, 2, keep=[tmp_path / "checkpoint-2"])
     assert [p.name for p in deleted] == ["checkpoint-4", "checkpoint-6"]
+    assert (tmp_path / ".deleting-checkpoint-3" / "notes.txt").read_text() == "mine\n"
+    shutil.rmtree(tmp_path / ".deleting-checkpoint-3")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-2", "checkpoint-8"]
     assert rotate_checkpoints(tmp_path, None) == [] and rotate_checkpoints(tmp_path, 1, keep=[None]) == [
         tmp_path / "checkpoint-2"
@@ -243,6 +248,17 @@ def test_a_user_folder_with_a_checkpoint_name_is_not_replaced(path, make_run, tm
         make_run(path, out).train()
     assert [p.name for p in (out / "checkpoint-2").iterdir()] == ["notes.txt"]
     assert not (out / ".partial-checkpoint-2").exists()
+
+
+@pytest.mark.parametrize("path", list(RUNNERS))
+def test_a_user_folder_with_a_partial_checkpoint_name_is_never_deleted(path, make_run, tmp_path):
+    """clmkit removes a ``.partial-checkpoint-N`` only when its owner file says a save of clmkit's left it."""
+    out = tmp_path / "out"
+    (out / ".partial-checkpoint-2").mkdir(parents=True)
+    (out / ".partial-checkpoint-2" / "notes.txt").write_text("mine\n")
+    with pytest.raises(CheckpointError, match="clmkit did not write it .* will not delete or replace it. Move it"):
+        make_run(path, out).train()
+    assert [p.name for p in (out / ".partial-checkpoint-2").iterdir()] == ["notes.txt"]
 
 
 # ---- exact counters, no pickles in the output ------------------------------------------------------------

@@ -70,16 +70,16 @@ class OutputFolder:
     def checkpoints(self) -> list[Path]:
         """clmkit's checkpoints here: ``checkpoint-*`` folders holding clmkit's manifest, and the
         ``.partial-checkpoint-*`` / ``.deleting-checkpoint-*`` folders a killed save or rotation left."""
-        from clmkit.training.checkpoint import DELETING_PREFIX, PARTIAL_PREFIX, is_clmkit_checkpoint
+        from clmkit.training.checkpoint import DELETING_PREFIX, PARTIAL_PREFIX, is_owned_checkpoint_folder
 
         if not self.path.is_dir():
             return []
-        leftovers = [
+        candidates = [
+            *self.path.glob("checkpoint-*"),
             *self.path.glob(f"{PARTIAL_PREFIX}checkpoint-*"),
             *self.path.glob(f"{DELETING_PREFIX}checkpoint-*"),
         ]
-        finished = [p for p in self.path.glob("checkpoint-*") if is_clmkit_checkpoint(p)]
-        return sorted(p for p in [*finished, *leftovers] if p.is_dir() and not p.is_symlink())
+        return sorted(p for p in candidates if is_owned_checkpoint_folder(p))
 
     def foreign(self) -> list[str]:
         """Entries clmkit did not write: never removed, never replaced."""
@@ -108,8 +108,13 @@ class OutputFolder:
 
     def remove_owned(self) -> list[str]:
         """Remove what clmkit wrote here (the marker's entries and clmkit's checkpoints); return their names."""
+        from clmkit.training.checkpoint import remove_checkpoint_folder
+
         removed = []
-        for name in sorted(self.owned()) + [p.name for p in self.checkpoints()]:
+        for folder in self.checkpoints():
+            remove_checkpoint_folder(folder)
+            removed.append(folder.name)
+        for name in sorted(self.owned()):
             target = self.path / name
             if target.is_dir() and not target.is_symlink():
                 shutil.rmtree(target)

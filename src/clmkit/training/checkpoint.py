@@ -43,6 +43,7 @@ FORMAT = "clmkit-checkpoint"
 VERSION = 2  # 1: sizes only (clmkit 0.2); 2: sizes and SHA-256
 PARTIAL_PREFIX = ".partial-"  # a save in progress, or one a kill interrupted
 DELETING_PREFIX = ".deleting-"  # a checkpoint being removed (rotation, or a step saved again)
+OWNER_FILE = ".clmkit-checkpoint"  # written first into every checkpoint folder clmkit makes, removed last
 _CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d+)$")
 # model config keys that describe the software, not the model
 _VOLATILE_CONFIG_KEYS = ("transformers_version", "_name_or_path", "architectures", "dtype", "torch_dtype")
@@ -164,6 +165,38 @@ def is_clmkit_checkpoint(folder: str | Path) -> bool:
     """Whether ``folder`` holds a manifest that clmkit wrote: the only folders clmkit ever deletes or replaces."""
     folder = Path(folder)
     return folder.is_dir() and (folder / STATE_FILE).is_file() and _load_manifest(folder) is not None
+
+
+def is_owned_checkpoint_folder(folder: str | Path) -> bool:
+    """Whether clmkit made ``folder``: it holds clmkit's owner file (a partial, finished or half-deleted checkpoint)
+    or a complete manifest (a checkpoint of an earlier clmkit). Only such folders are ever deleted."""
+    folder = Path(folder)
+    return (
+        folder.is_dir()
+        and not folder.is_symlink()
+        and ((folder / OWNER_FILE).is_file() or is_clmkit_checkpoint(folder))
+    )
+
+
+def remove_checkpoint_folder(folder: Path) -> None:
+    """Delete a checkpoint folder clmkit made, its owner file last (a kill midway leaves a folder still known as
+    clmkit's); a folder of that name that clmkit did not make is a ``CheckpointError`` and stays untouched."""
+    if not folder.exists() and not folder.is_symlink():
+        return
+    if not is_owned_checkpoint_folder(folder):
+        raise CheckpointError(
+            f"{folder} exists and clmkit did not write it (no {OWNER_FILE} or {STATE_FILE} in it), so clmkit will not "
+            "delete or replace it. Move it out of the output folder, or train into another output_dir."
+        )
+    for entry in folder.iterdir():
+        if entry.name == OWNER_FILE:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+    (folder / OWNER_FILE).unlink(missing_ok=True)
+    folder.rmdir()
 
 
 # fingerprint (name, size, mtime of every file) -> manifest, for folders already verified in this process:
@@ -359,9 +392,9 @@ class CheckpointWriter:
                     f"{self.final} exists and is not a clmkit checkpoint, so clmkit will not replace it with the "
                     "checkpoint of this step. Move it out of the output folder, or train into another output_dir."
                 )
-            if self.partial.exists():  # a save of this step a kill interrupted
-                shutil.rmtree(self.partial)
+            remove_checkpoint_folder(self.partial)  # a save of this step a kill interrupted
             self.partial.mkdir(parents=True)
+            (self.partial / OWNER_FILE).touch()
         fault_point("partial folder made")
         self.barrier()
         return self.partial
@@ -379,20 +412,20 @@ class CheckpointWriter:
             old = None
             if self.final.exists():  # this step saved again: clmkit's (checked in begin), replaced
                 old = self.final.with_name(DELETING_PREFIX + self.final.name)
-                shutil.rmtree(old, ignore_errors=True)
+                remove_checkpoint_folder(old)
                 os.replace(self.final, old)
                 fault_point("previous copy moved aside")
             os.replace(self.partial, self.final)
             _fsync(self.final.parent)
             fault_point("renamed")
             if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
+                remove_checkpoint_folder(old)
         self.barrier()
         return self.final
 
     def abort(self) -> None:
-        if self.is_main:
-            shutil.rmtree(self.partial, ignore_errors=True)
+        if self.is_main and is_owned_checkpoint_folder(self.partial):
+            remove_checkpoint_folder(self.partial)
 
 
 def rotate_checkpoints(
@@ -403,7 +436,8 @@ def rotate_checkpoints(
     Only folders holding clmkit's manifest count and are deleted (never a user's ``checkpoint-old`` or
     ``checkpoint-7`` without one); the newest by step and the folders in ``keep`` (the one just written, the
     best one) are never deleted. Each is renamed to ``.deleting-checkpoint-N`` before it is removed, so a kill
-    midway never leaves a half-deleted ``checkpoint-N``. Leftover ``.deleting-`` folders are removed too.
+    midway never leaves a half-deleted ``checkpoint-N``. Leftover ``.deleting-`` folders clmkit made are removed
+    too.
     """
     output_dir = Path(output_dir)
     deleted: list[Path] = []
@@ -418,12 +452,13 @@ def rotate_checkpoints(
             if folder.resolve() in protected:
                 continue
             doomed = folder.with_name(DELETING_PREFIX + folder.name)
-            shutil.rmtree(doomed, ignore_errors=True)
+            remove_checkpoint_folder(doomed)
             os.replace(folder, doomed)
             fault_point("rotating")
-            shutil.rmtree(doomed, ignore_errors=True)
+            remove_checkpoint_folder(doomed)
             deleted.append(folder)
             remaining -= 1
     for _, leftover in _steps(output_dir, DELETING_PREFIX):
-        shutil.rmtree(leftover, ignore_errors=True)
+        if is_owned_checkpoint_folder(leftover):  # a user's folder of that name stays
+            remove_checkpoint_folder(leftover)
     return deleted
