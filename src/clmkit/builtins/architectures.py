@@ -87,14 +87,14 @@ def llama(preset: str, vocab_size: int, context_length: int, eos_token_id: int) 
 
 def qwen3(preset: str, vocab_size: int, context_length: int, eos_token_id: int) -> PretrainedConfig:
     """Qwen3: Llama's blocks plus RMSNorm on queries and keys (QK-norm), untied head."""
-    head_dim = LLAMA_SIZES.get(preset, LLAMA_SIZES["test"])
+    size = LLAMA_SIZES.get(preset)  # an unknown preset is refused by sized_config
     return _modern(
         Qwen3Config,
         preset,
         vocab_size,
         context_length,
         eos_token_id,
-        head_dim=head_dim["hidden_size"] // head_dim["num_attention_heads"],
+        head_dim=size["hidden_size"] // size["num_attention_heads"] if size else None,  # Qwen3's default is 128
         use_sliding_window=False,
     )
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor
@@ -120,15 +120,15 @@ class MuonAdamW(torch.optim.Optimizer):
                 by_shape.setdefault((param.shape, param.device), []).append(param)
         lr, decay = group["lr"], group["weight_decay"]
         for (shape, device), params in by_shape.items():  # same-shaped matrices iterate as one batch
-            grads = torch.stack([p.grad for p in params if p.grad is not None])
-            buffers = [self.state[p].setdefault("momentum_buffer", torch.zeros_like(p)) for p in params]
-            momentum = torch.stack(buffers)
-            momentum.lerp_(grads, 1 - group["momentum"])
-            for buffer, value in zip(buffers, momentum, strict=True):
-                buffer.copy_(value)
-            update = grads.lerp(momentum, group["momentum"]) if group["nesterov"] else momentum
+            beta = group["momentum"]
+            updates = []
+            for param in params:
+                grad = cast(Tensor, param.grad)
+                buffer = self.state[param].setdefault("momentum_buffer", torch.zeros_like(param))
+                buffer.lerp_(grad, 1 - beta)
+                updates.append(grad.lerp(buffer, beta) if group["nesterov"] else buffer)
             dtype = iteration_dtype(group["ns_dtype"], device)
-            update = orthogonalized(update, group["ns_steps"], dtype)
+            update = orthogonalized(torch.stack(updates), group["ns_steps"], dtype)
             step = lr * lr_scale(shape, group["adjust_lr"])
             for param, change in zip(params, update, strict=True):
                 param.mul_(1 - lr * decay)
