@@ -77,6 +77,7 @@ def test_chunk_stats_match_a_hand_count(clmkit_corpus, clmkit_tokenizer, name):
         "tokens_kept": examples * 128,
         "tokens_dropped": tokens - examples * 128,
         "documents_too_short": sum(n < 128 for n in lengths),
+        "fill_rate": 1.0,  # full rows only
     }
     assert stats.documents_too_short == 2 and len(chunked) == examples
 

@@ -33,9 +33,20 @@ _EXPORTS = {
     "ClmLoop": "clmkit.training.loop",
     "Mixture": "clmkit.data.mixtures",
     "Source": "clmkit.data.mixtures",
+    # the built-in plugins' classes, public so that plugins may subclass them
+    "Overflow": "clmkit.builtins.chunkers",
+    "Concat": "clmkit.builtins.chunkers",
+    "Packed": "clmkit.builtins.chunkers",
+    "CausalCollator": "clmkit.builtins.collators",
+    "ExactDedup": "clmkit.builtins.filters",
+    "Keywords": "clmkit.builtins.filters",
+    "CodeQuality": "clmkit.builtins.filters",
+    "CrossEntropy": "clmkit.builtins.losses",
+    "KeyToken": "clmkit.builtins.losses",
 }
 
 __all__ = [
+    "CausalCollator",
     "ChunkStats",
     "Chunker",
     "ClmLoop",
@@ -43,13 +54,21 @@ __all__ = [
     "ClmTrainer",
     "ClmTrainingArguments",
     "ClmkitError",
+    "CodeQuality",
+    "Concat",
     "ConfigError",
+    "CrossEntropy",
     "DataError",
     "DocumentFilter",
+    "ExactDedup",
+    "KeyToken",
+    "Keywords",
     "Loss",
     "LossInputs",
     "Mixture",
     "NonFiniteLossError",
+    "Overflow",
+    "Packed",
     "PluginError",
     "Plugins",
     "Source",
@@ -60,6 +79,10 @@ __all__ = [
 
 if TYPE_CHECKING:
     from clmkit.args import ClmTrainingArguments
+    from clmkit.builtins.chunkers import Concat, Overflow, Packed
+    from clmkit.builtins.collators import CausalCollator
+    from clmkit.builtins.filters import CodeQuality, ExactDedup, Keywords
+    from clmkit.builtins.losses import CrossEntropy, KeyToken
     from clmkit.data.chunking import Chunker, ChunkStats
     from clmkit.data.filters import DocumentFilter
     from clmkit.data.mixtures import Mixture, Source

@@ -19,10 +19,14 @@ class Chunker:
     """Base class of chunkers: a batched ``datasets.map`` function over tokenized documents.
 
     ``__call__`` receives ``{"input_ids": [[int, ...], ...]}`` (one token list per document, no
-    special tokens) and returns examples. ``adds_eos`` says whether it appends one EOS per
-    document, which token accounting needs. ``emits_document_boundaries`` says that it packs
+    special tokens) and returns examples of 1 to ``context_length`` tokens, never padded (the
+    collator pads and masks padding out of the loss). ``adds_eos`` says whether it appends one EOS
+    per document, which token accounting needs. ``emits_document_boundaries`` says that it packs
     several documents per row and marks them with ``position_ids`` restarting at 0 (see
-    ``clmkit.data.packing``): clmkit then refuses a collator that cannot keep them apart.
+    ``clmkit.data.packing``): clmkit then refuses a collator that cannot keep them apart. A subclass
+    with its own ``__init__`` calls ``super().__init__(tokenizer, context_length)``, which sets
+    ``tokenizer``, ``context_length`` and ``eos_token_id``. ``clmkit.testing.assert_chunker_contract``
+    checks all of this.
     """
 
     adds_eos: bool = False
@@ -39,7 +43,14 @@ class Chunker:
 
 @dataclass(frozen=True)
 class ChunkStats:
-    """How a corpus became examples; ``tokens`` counts the separators a chunker adds."""
+    """How a corpus became examples, the same for every chunker, built-in or not.
+
+    ``documents``: documents in; ``tokens``: their tokens plus one EOS per document when the chunker
+    ``adds_eos``; ``examples``: rows out; ``tokens_kept``: tokens in those rows; ``tokens_dropped``:
+    ``tokens - tokens_kept`` (tails a chunker cuts off); ``documents_too_short``: documents with fewer
+    tokens than ``context_length`` (what ``overflow`` drops whole; other chunkers may keep them);
+    ``fill_rate``: ``tokens_kept`` over the ``examples x context_length`` slots (1.0 for full rows).
+    """
 
     documents: int
     tokens: int
@@ -47,8 +58,9 @@ class ChunkStats:
     tokens_kept: int
     tokens_dropped: int
     documents_too_short: int
+    fill_rate: float
 
-    def as_dict(self) -> dict[str, int]:
+    def as_dict(self) -> dict[str, int | float]:
         return asdict(self)
 
 
@@ -181,4 +193,6 @@ def chunk_stats(tokenized: Dataset, chunked: Dataset, chunker: Chunker) -> Chunk
         tokens += len(tokenized)
     kept = int(pc.sum(pc.list_value_length(chunked.data.column("input_ids"))).as_py() or 0)
     too_short = int(pc.sum(pc.less(doc_lengths, chunker.context_length)).as_py() or 0)
-    return ChunkStats(len(tokenized), tokens, len(chunked), kept, max(tokens - kept, 0), too_short)
+    slots = len(chunked) * chunker.context_length
+    fill = kept / slots if slots else 0.0
+    return ChunkStats(len(tokenized), tokens, len(chunked), kept, max(tokens - kept, 0), too_short, fill)
