@@ -1,10 +1,14 @@
 """Throughput: tokens per second of ``ClmTrainer`` against a raw PyTorch loop over the same model, side by side.
 
 - raw: ``loss = model(input_ids=x, labels=x).loss; loss.backward(); clip_grad_norm_(params, 1.0);
-  optimizer.step(); optimizer.zero_grad()`` with torch's fused AdamW (``clmkit train``'s learning
-  rate, betas and weight decay), under bf16 autocast when the precision is bf16;
-- clmkit: ``ClmTrainer`` with ``clmkit train``'s defaults (batch 16, context 128, chunked loss, the
-  same fused AdamW), the same precision, evaluation, checkpoints and logging off.
+  optimizer.step(); optimizer.zero_grad()`` under bf16 autocast when the precision is bf16;
+- clmkit: ``ClmTrainer`` with ``clmkit train``'s defaults (batch 16, context 128, chunked loss), the
+  same precision, evaluation, checkpoints and logging off.
+
+Both sides step the same optimizer at equal settings: the one ``--optimizer`` names (default
+``adamw``: torch's fused AdamW with ``clmkit train``'s learning rate, betas and weight decay;
+``muon``: clmkit's MuonAdamW), built by the same registry, so the ratio measures the training step
+around it, not the optimizer.
 
 Both train a model of the same config (``model_config(architecture, "tiny", ...)``, or the size
 ``--model-preset`` names) on the same text (a slice of this Python's standard library, with a
@@ -21,6 +25,7 @@ speedup over eager, and whether compiling pays within ``clmkit train``'s default
 bf16 runs only where the device computes in bfloat16 natively (``clmkit.device.native_bf16``).
 
     python bench/throughput.py                          # gpt2 and llama, fp32 and bf16: about 5 minutes
+    python bench/throughput.py --optimizer muon         # both sides with clmkit train's default optimizer
     python bench/throughput.py --architectures gpt2 --precisions fp32 --model-preset test --rounds 1 --steps 3
     python bench/throughput.py --compile --architectures llama --precisions bf16 --json out.json
 """
@@ -50,6 +55,8 @@ from clmkit.data.tokenizer import train_tokenizer
 from clmkit.device import native_bf16, training_device
 from clmkit.errors import ClmkitError
 from clmkit.models import build_model
+from clmkit.plugins import Plugins
+from clmkit.training.components import build_optimizer
 
 TARGET = 1.25  # ClmTrainer's tokens/s over the raw loop's, at least
 DEFAULT_RUN_STEPS = int(TRAIN_DEFAULTS["max_steps"])  # `clmkit train`'s default run, to judge compilation by
@@ -111,10 +118,13 @@ class StepTimer(TrainerCallback):
 # ---- the two sides ------------------------------------------------------------------------------
 
 
-def clmkit_arguments(config: Config, preset: str, steps: int, out: str) -> tuple[Any, ClmTrainingArguments]:
+def clmkit_arguments(
+    config: Config, preset: str, optimizer: str, steps: int, out: str
+) -> tuple[Any, ClmTrainingArguments]:
     """``clmkit train``'s run options and training arguments for ``config``, training ``steps`` steps quietly."""
     bf16 = config.precision == "bf16"
     flags = ["--architecture", config.architecture, "--model_preset", preset, "--bf16", str(bf16).lower()]
+    flags += ["--optimizer", optimizer]
     if bf16 and training_device().type == "cpu":
         flags += ["--use_cpu", "true"]  # TrainingArguments takes bf16 on a CPU only with use_cpu
     flags += ["--torch_compile", str(config.compiled).lower(), "--logging_strategy", "no"]
@@ -152,14 +162,7 @@ def time_raw(run: Any, args: ClmTrainingArguments, tokenizer: Any, batches: list
     """One repeat of the raw loop on a fresh model: the same optimizer settings, precision and compilation."""
     device = training_device()
     model = fresh_model(run, tokenizer, args).to(device).train()
-    optimizer = torch.optim.AdamW(
-        model.parameters(),
-        lr=args.learning_rate,
-        betas=(args.adam_beta1, args.adam_beta2),
-        eps=args.adam_epsilon,
-        weight_decay=args.weight_decay,
-        fused=True,
-    )
+    optimizer = build_optimizer(Plugins(), args, model)  # the very optimizer ClmTrainer builds from args
     forward: Callable[..., Any] = torch.compile(model) if args.torch_compile else model
     marks = [mark()]
     for x in itertools.islice(itertools.cycle(batches), args.max_steps):
@@ -181,7 +184,8 @@ def measure(config: Config, options: argparse.Namespace, tokenizer: Any, texts: 
     """Both sides of ``config``, alternating which goes first, ``options.rounds`` times; their medians."""
     timings: dict[str, list[Timing]] = {side: [] for side in SIDES}
     with tempfile.TemporaryDirectory() as tmp:
-        run, args = clmkit_arguments(config, options.model_preset, options.warmup + options.steps, tmp)
+        steps = options.warmup + options.steps
+        run, args = clmkit_arguments(config, options.model_preset, options.optimizer, steps, tmp)
         for round_number in range(options.rounds):
             for side in SIDES if round_number % 2 == 0 else SIDES[::-1]:
                 torch._dynamo.reset()  # each repeat compiles afresh (and never hits dynamo's recompile limit)
@@ -254,7 +258,8 @@ def precision_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def report(record: dict[str, Any]) -> None:
     """Markdown tables: both sides per configuration, then compilation and bf16 against fp32 when measured."""
-    print(f"\nsteady-state tokens/s, median of {record['rounds']} rounds (target clmkit/raw >= {TARGET}):")
+    rounds, optimizer = record["rounds"], record["optimizer"]
+    print(f"\nsteady-state tokens/s, {optimizer} on both sides, median of {rounds} rounds (target ratio >= {TARGET}):")
     print("| architecture | precision | compiled | raw tokens/s | clmkit tokens/s | clmkit/raw | target met |")
     print("| --- | --- | --- | ---: | ---: | ---: | --- |")
     for r in record["results"]:
@@ -289,6 +294,9 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--precisions", default="fp32,bf16", help="Comma-separated: fp32, bf16.")
     parser.add_argument("--compile", action="store_true", help="Also measure both sides compiled (torch_compile).")
     parser.add_argument("--model-preset", default="tiny", help="The model size preset.")
+    parser.add_argument(
+        "--optimizer", default="adamw", help="The optimizer both sides step (a registered name: adamw, muon)."
+    )
     parser.add_argument("--rounds", type=int, default=3, help="Rounds of both sides, alternating which goes first.")
     parser.add_argument("--warmup", type=int, default=3, help="Untimed steps at the start of each repeat.")
     parser.add_argument("--steps", type=int, default=20, help="Timed steps of each repeat.")
@@ -344,7 +352,7 @@ def bench(options: argparse.Namespace, configs: list[Config], skipped: list[str]
     texts = load_data(None).splits["train"].select(range(options.documents))
     tokenizer = train_tokenizer(texts["content"], vocab_size=TokenizerOptions().vocab_size)
     with tempfile.TemporaryDirectory() as tmp:
-        run, args = clmkit_arguments(configs[0], options.model_preset, 1, tmp)
+        run, args = clmkit_arguments(configs[0], options.model_preset, options.optimizer, 1, tmp)
         batches = raw_batches(clmkit_trainer(run, args, tokenizer, texts, StepTimer()))
     print(f"data: {len(batches)} batches of {args.per_device_train_batch_size} x {args.context_length} tokens")
     results = [measure(config, options, tokenizer, texts, batches) for config in configs]
@@ -353,6 +361,7 @@ def bench(options: argparse.Namespace, configs: list[Config], skipped: list[str]
         "warmup_steps": options.warmup,
         "timed_steps": options.steps,
         "model_preset": options.model_preset,
+        "optimizer": options.optimizer,
         "results": results,
         "skipped": skipped,
         "compile": compile_rows(results),
