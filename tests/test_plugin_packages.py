@@ -1,23 +1,19 @@
-"""The plugin packages of plugins/ installed for real, used by name, and the plugin author kit."""
+"""The plugin packages of plugins/ installed for real, used by name, and the plugin test kit's fixtures."""
 
 from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 import tomllib
 from pathlib import Path
 
 import pytest
 import torch
 from datasets import Dataset
-from support import PLUGIN_PACKAGES, install_plugin_package, install_plugin_packages, pinned_env
+from support import PLUGIN_PACKAGES, install_plugin_packages
 
 from clmkit import ClmTrainer, Loss, Plugins, hookimpl
 from clmkit.cli import main
-from clmkit.errors import ConfigError
-from clmkit.templates import new_plugin
 from clmkit.testing import assert_exact_under_accumulation
 
 PACKAGES = {"fim": PLUGIN_PACKAGES["clmkit-fim"], "zloss": PLUGIN_PACKAGES["clmkit-zloss"]}
@@ -180,39 +176,3 @@ def test_tokenizer_fixture_is_a_fresh_copy_per_test(clmkit_tokenizer):
 
 def test_tokenizer_fixture_did_not_keep_the_token_of_the_previous_test(clmkit_tokenizer):
     assert "<only_here>" not in clmkit_tokenizer.get_vocab() and len(clmkit_tokenizer) == 512
-
-
-# ---- the template -------------------------------------------------------------------------------
-
-
-def test_new_plugin_writes_a_package_whose_tests_pass_once_installed(tmp_path):
-    folder = new_plugin("focal-loss", tmp_path)
-    assert folder == tmp_path / "clmkit-focal-loss"
-    meta = project(folder)
-    assert meta["name"] == "clmkit-focal-loss"
-    assert meta["entry-points"]["clmkit"] == {"focal_loss": "clmkit_focal_loss"}
-    assert "class FocalLoss(Loss)" in (folder / "src" / "clmkit_focal_loss" / "__init__.py").read_text()
-    site = tmp_path / "site"
-    install_plugin_package(folder, target=site)
-    env = pinned_env(PYTHONPATH=str(site), HF_HUB_OFFLINE="1")
-    done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"],
-        cwd=folder,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "6 passed" in done.stdout
-
-
-@pytest.mark.parametrize("name", ["Focal", "9lives", "two--dashes", "clmkit-", "focal loss"])
-def test_new_plugin_refuses_a_name_that_is_no_package_name(name, tmp_path):
-    with pytest.raises(ConfigError, match="not a lowercase name"):
-        new_plugin(name, tmp_path)
-
-
-def test_new_plugin_refuses_an_existing_folder(tmp_path):
-    new_plugin("focal", tmp_path)
-    with pytest.raises(ConfigError, match="already exists"):
-        new_plugin("focal", tmp_path)

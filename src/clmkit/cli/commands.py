@@ -10,7 +10,6 @@ from pathlib import Path
 
 from clmkit.args import ClmTrainingArguments
 from clmkit.cli.options import (
-    NewPluginOptions,
     Parser,
     PrepareOptions,
     SourceOptions,
@@ -230,21 +229,25 @@ def cmd_generate(argv: Sequence[str]) -> int:
 
 
 def cmd_new_plugin(argv: Sequence[str]) -> int:
-    """Write a loss-plugin package from clmkit's template; its tests pass as generated."""
-    parser = Parser(
-        [NewPluginOptions],
-        prog="clmkit new-plugin",
-        usage="%(prog)s NAME [--dest DIR]",
-        description="Write the package clmkit-NAME (pyproject.toml with a 'clmkit' entry point, a loss plugin, "
-        "README and tests) into --dest. Install it with `pip install -e clmkit-NAME`.",
-    )
-    argv = list(argv)
-    if argv and not argv[0].startswith("-"):  # `clmkit new-plugin NAME` is `--name NAME`
-        argv = ["--name", *argv]
-    (options,) = _parse(parser, argv)
-    from clmkit.templates import new_plugin
+    """Write a plugin of any kind into a new or existing plugin package from clmkit's templates."""
+    from clmkit.templates import KIND_FLAGS, new_plugin
 
-    print(new_plugin(options.name, options.dest))
+    parser = Parser(
+        prog="clmkit new-plugin",
+        description="Write the plugin NAME of --kind into the package --package (default clmkit-NAME) in --dest: "
+        "src/<package module>/NAME.py registered under NAME through a 'clmkit' entry point, and tests/test_NAME.py, "
+        "whose tests pass as generated once the package is installed (pip install -e DIR). A package that exists "
+        "gets the plugin added, so one package can hold several kinds.",
+        epilog="Example: clmkit new-plugin focal-loss --kind loss --package clmkit-mykit && "
+        "clmkit new-plugin head --kind chunker --package clmkit-mykit",
+    )
+    parser.add_argument("name", metavar="NAME", help="Plugin name, e.g. focal-loss: module and registered focal_loss.")
+    parser.add_argument("--kind", default="loss", choices=list(KIND_FLAGS), help="What the plugin is.")
+    parser.add_argument("--package", metavar="DIST-NAME", help="Distribution to write it into (clmkit-NAME).")
+    parser.add_argument("--dest", default=".", help="Folder that holds the package folder.")
+    parser.add_argument("--version", default="0.1.0", help="Version of a new package.")
+    (options,) = _parse(parser, argv)
+    print(new_plugin(options.name, options.dest, options.kind, options.package, options.version))
     return 0
 
 

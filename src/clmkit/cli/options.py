@@ -430,14 +430,6 @@ def validate_train_options(run: RunOptions, args: ClmTrainingArguments) -> None:
     check_writable(str(args.output_dir))
 
 
-@dataclass
-class NewPluginOptions:
-    """Where to write a new plugin package."""
-
-    name: str = field(metadata={"help": "Plugin name, e.g. focal-loss: package clmkit-focal-loss, loss focal_loss."})
-    dest: str = field(default=".", metadata={"help": "Folder to write the package folder into."})
-
-
 def parse_overrides(text: str | None) -> dict[str, Any]:
     """``n_layer=6,n_embd=384`` as a dict, values read as YAML scalars (numbers, booleans, strings)."""
     overrides: dict[str, Any] = {}

@@ -1,9 +1,9 @@
-"""clmkit-plugin-template: the loss ``plugin_template``.
+"""The loss ``plugin_template``: cross-entropy on every target token but the first ``skip_first`` of each example.
 
-A clmkit loss returns a *sum* over one micro-batch and that micro-batch's share of the
-normalizer; clmkit divides by the normalizer of the whole accumulation window, so the loss is
-exact under gradient accumulation and on several processes. For a weighted token
-cross-entropy, overriding ``token_weights`` and ``normalizer`` is all it takes.
+A clmkit loss returns a *sum* over one micro-batch and that micro-batch's share of the normalizer;
+clmkit divides by the normalizer of the whole accumulation window, so the loss is exact under
+gradient accumulation and on several processes. For a weighted token cross-entropy, overriding
+``token_weights`` and ``normalizer`` is all it takes.
 """
 
 from __future__ import annotations
