@@ -85,23 +85,49 @@ _Dumper.add_representer(str, _represent_str)
 def loss_points(log_history: Sequence[Mapping[str, Any]]) -> tuple[list[Point], list[Point]]:
     """(tokens seen, loss) of every training log and every evaluation in a Trainer's ``log_history``.
 
-    Evaluations carry no token count; they get the count of the training log at the same step (or
-    the nearest earlier one).
+    An evaluation sits at the tokens seen when it ran (``eval_tokens_seen``, which clmkit's evaluations
+    log), not at the last training log's: with ``eval_steps`` not a multiple of ``logging_steps`` the two
+    differ. An evaluation without the count (one at step 0, or a history written by another trainer) gets
+    the count interpolated by step between the logs around it, from 0 tokens at step 0.
     """
     train = [(float(e["tokens_seen"]), float(e["loss"])) for e in log_history if "loss" in e and "tokens_seen" in e]
-    steps = [(int(e["step"]), float(e["tokens_seen"])) for e in log_history if "loss" in e and "tokens_seen" in e]
+    known = sorted(
+        {(0, 0.0)}
+        | {(int(e["step"]), float(e["tokens_seen"])) for e in log_history if "loss" in e and "tokens_seen" in e}
+        | {(int(e["step"]), float(e["eval_tokens_seen"])) for e in log_history if "eval_tokens_seen" in e}
+    )
     evals = []
     for entry in log_history:
         if "eval_loss" in entry:
-            seen = [tokens for step, tokens in steps if step <= entry.get("step", 0)]
-            evals.append((seen[-1] if seen else 0.0, float(entry["eval_loss"])))
+            seen = entry.get("eval_tokens_seen")
+            x = float(seen) if seen is not None else _tokens_at(int(entry.get("step", 0)), known)
+            evals.append((x, float(entry["eval_loss"])))
     return train, evals
+
+
+def _tokens_at(step: int, known: Sequence[tuple[int, float]]) -> float:
+    """Tokens seen at ``step``, interpolated linearly between the (step, tokens) points around it (``known`` sorted,
+    from (0, 0)); past the last one, at the average rate so far."""
+    before = max((p for p in known if p[0] <= step), default=known[0])
+    after = min((p for p in known if p[0] >= step), default=None)
+    if after is None:
+        return before[1] * step / before[0] if before[0] else 0.0
+    if after[0] == before[0]:
+        return before[1]
+    return before[1] + (after[1] - before[1]) * (step - before[0]) / (after[0] - before[0])
+
+
+# the training loss is the run's objective (any registered loss); evaluation is always token cross-entropy
+TRAIN_LABEL = "train objective (the run's loss)"
+EVAL_LABEL = "eval cross-entropy (periodic)"
+FINAL_LABEL = "eval cross-entropy (whole validation split)"
 
 
 def plot_loss_curve(
     path: str | Path, train: Sequence[Point], evals: Sequence[Point], final: Point | None, title: str
 ) -> None:
-    """A PNG of training loss, periodic eval loss and the final eval loss against tokens seen (no display needed)."""
+    """A PNG of the training objective, the periodic eval cross-entropy and the final one against tokens seen (no
+    display needed); the two are the same quantity only when the run's loss is ``cross_entropy``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -110,13 +136,13 @@ def plot_loss_curve(
     fig = Figure(figsize=(7, 4.2), dpi=110)
     ax = fig.add_subplot()
     if train:
-        ax.plot(*zip(*train, strict=True), label="train loss", color="tab:blue", linewidth=1.2)
+        ax.plot(*zip(*train, strict=True), label=TRAIN_LABEL, color="tab:blue", linewidth=1.2)
     if evals:
-        ax.plot(*zip(*evals, strict=True), "o-", label="eval loss (periodic)", color="tab:orange", markersize=4)
+        ax.plot(*zip(*evals, strict=True), "o-", label=EVAL_LABEL, color="tab:orange", markersize=4)
     if final:
-        ax.plot(*final, "*", label="eval loss (whole validation split)", color="tab:red", markersize=11)
+        ax.plot(*final, "*", label=FINAL_LABEL, color="tab:red", markersize=11)
     ax.set_xlabel("tokens seen")
-    ax.set_ylabel("loss (nats per token)")
+    ax.set_ylabel("nats per token")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend()
@@ -125,11 +151,12 @@ def plot_loss_curve(
 
 
 METRIC_ROWS = (
-    ("eval_loss", "eval loss (nats/token)", "{:.4f}"),
+    ("eval_loss", "eval cross-entropy (nats/token)", "{:.4f}"),
+    ("eval_objective", "eval objective (the run's loss on the eval set)", "{:.4f}"),
     ("eval_perplexity", "eval perplexity", "{:.2f}"),
     ("eval_bits_per_byte", "eval bits per byte", "{:.4f}"),
     ("eval_accuracy", "eval next-token accuracy", "{:.3f}"),
-    ("train_loss", "last train loss", "{:.4f}"),
+    ("train_loss", "last train objective (the run's loss)", "{:.4f}"),
     ("tokens_seen", "tokens seen", "{:,.0f}"),
     ("tokens_per_second", "tokens per second", "{:,.0f}"),
     ("global_step", "optimizer steps", "{:,.0f}"),
@@ -176,9 +203,12 @@ tags: [clmkit, {model_type}, causal-lm, text-generation]
 
 {metrics_table(metrics)}
 
-Evaluation is token-weighted over the whole validation split. Bits per byte = total loss in nats /
-ln 2 / UTF-8 bytes of the evaluated text, comparable across tokenizers. All figures are in
-`metrics.json`; `loss_curve.png` plots train and eval loss against tokens seen.
+Evaluation is token-weighted over the whole validation split. The eval loss is token cross-entropy whatever
+loss trained the model, so runs with different losses compare; the train figures are the training objective
+(the run's loss), the same quantity only for `cross_entropy`, and a run with another loss also reports its
+objective on the eval set. Bits per byte = total cross-entropy in nats / ln 2 / UTF-8 bytes of the evaluated
+text, comparable across tokenizers. All figures are in `metrics.json`; `loss_curve.png` plots the train
+objective and the eval cross-entropy against tokens seen.
 
 ## How it was made
 

@@ -36,7 +36,7 @@ from clmkit.training.accounting import TokenCounter
 from clmkit.training.checkpoint import is_clmkit_checkpoint
 from clmkit.training.flops import MfuMeter, flops_per_token, peak_tflops
 from clmkit.training.forward import forward_for_loss
-from clmkit.training.losses import Loss
+from clmkit.training.losses import Loss, LossInputs
 from clmkit.training.metrics import ClmMetrics, sample_statistics, token_byte_lengths
 
 logger = logging.getLogger(__name__)
@@ -219,27 +219,62 @@ def evaluate_batches(
     byte_lengths: Tensor,
     context: Callable[[], AbstractContextManager[Any]],
     prefix: str = "eval",
+    loss: Loss | None = None,
+    counter: TokenCounter | None = None,
 ) -> tuple[dict[str, float], int]:
     """Exact token-weighted metrics over ``batches``, and the number of samples seen.
 
     Every batch becomes four numbers per sample (``clmkit.training.metrics.sample_statistics``),
     gathered with ``gather_for_metrics`` (which drops the padded duplicates of an uneven last
     batch) into a ``ClmMetrics``; no logits are kept, so memory does not grow with the eval set.
-    ``context`` is the path's autocast.
+    ``context`` is the path's autocast. ``<prefix>_loss`` is token cross-entropy whatever the run's
+    loss, so runs with different losses compare; a ``loss`` other than the built-in cross-entropy also
+    gets ``<prefix>_objective``, its own value (loss sum over normalizer) on the same examples. With the
+    run's ``counter``, ``<prefix>_tokens_seen`` says how many tokens the model had trained on.
     """
+    from clmkit.builtins.losses import CrossEntropy
+
+    objective = loss if loss is not None and type(loss) is not CrossEntropy else None
+    hidden = args.chunked_loss and (objective is None or objective.consumes == "hidden_states")
     metric = ClmMetrics()
     samples = 0
+    sums = torch.zeros(2, dtype=torch.float64)  # the objective's loss sum and normalizer
     for batch in batches:
         with torch.no_grad(), context():
-            inputs, _ = forward_for_loss(model, batch, args.chunked_loss, args.loss_chunk_size)
+            inputs, _ = forward_for_loss(model, batch, hidden, args.loss_chunk_size)
             rows = sample_statistics(inputs, byte_lengths)
+            parts = None if objective is None else accelerator.gather_for_metrics(objective_rows(objective, inputs))
         rows = accelerator.gather_for_metrics(rows)
         metric.add_rows(rows)
         samples += rows.shape[0]
+        if parts is not None:
+            sums += parts.sum(0).cpu()
     metrics = {f"{prefix}_{k}": v for k, v in (metric.compute() or {}).items()}
     if math.isnan(metrics[f"{prefix}_loss"]):
         logger.warning("evaluation saw no target token; its metrics are NaN")
+    if objective is not None:
+        metrics[f"{prefix}_objective"] = float(sums[0] / sums[1]) if sums[1] else float("nan")
+    if counter is not None:
+        counter.fold(accelerator)
+        metrics[f"{prefix}_tokens_seen"] = float(counter.tokens)
     return metrics, samples
+
+
+def objective_rows(loss: Loss, inputs: LossInputs) -> Tensor:
+    """(B, 2) rows of [loss sum, normalizer] of ``loss`` for each sample, so that ``gather_for_metrics`` can drop
+    the duplicated samples of an uneven last batch (a loss sum is a sum over samples, so the rows add up)."""
+    rows = []
+    for i in range(inputs.input_ids.shape[0]):
+        one = {k: v[i : i + 1] if isinstance(v, Tensor) and v.dim() else v for k, v in inputs.batch.items()}
+        part = LossInputs(
+            one,
+            logits=None if inputs.logits is None else inputs.logits[i : i + 1],
+            hidden_states=None if inputs.hidden_states is None else inputs.hidden_states[i : i + 1],
+            lm_head=inputs.lm_head,
+            chunk_size=inputs.chunk_size,
+        )
+        rows.append(torch.stack([loss.loss_sum(part).double(), loss.normalizer(one).double().to(part.targets.device)]))
+    return torch.stack(rows)
 
 
 # ---- logging and the NaN guard ------------------------------------------------------------------

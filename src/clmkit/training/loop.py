@@ -304,8 +304,9 @@ class ClmLoop:
         was_training = model.training
         model.eval()
         batches = acc.prepare(self._dataloader(dataset, self.args.per_device_eval_batch_size, SequentialSampler))
+        counter = self.token_counter if self.state.global_step else None  # an eval during or after training
         metrics, _ = components.evaluate_batches(
-            model, batches, self.args, acc, self._byte_lengths, acc.autocast, metric_key_prefix
+            model, batches, self.args, acc, self._byte_lengths, acc.autocast, metric_key_prefix, self.loss, counter
         )
         model.train(was_training)
         self.log(dict(metrics))

@@ -306,6 +306,8 @@ class ClmTrainer(Trainer):
             self._byte_lengths,
             self.compute_loss_context_manager,
             metric_key_prefix,
+            self.loss,
+            self.token_counter if self.state.global_step else None,  # an eval during or after training
         )
         # no predictions are kept, as in Trainer.evaluation_loop with prediction_loss_only
         return EvalLoopOutput(predictions=None, label_ids=None, metrics=metrics, num_samples=samples)  # type: ignore[arg-type]
