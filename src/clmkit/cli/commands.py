@@ -70,10 +70,13 @@ def cmd_prepare(argv: Sequence[str]) -> int:
     )
     if source.streaming:
         raise ConfigError("clmkit prepare saves whole splits, so it does not stream. Drop --streaming.")
+    from clmkit.args import check_plugin_kwargs
     from clmkit.data.tokenizer import get_tokenizer
     from clmkit.plugins import Plugins
 
-    Plugins().check_names(args)
+    plugins = Plugins()
+    plugins.check_names(args)
+    check_plugin_kwargs(args, plugins)  # names and types of every plugin's arguments, before the tokenizer trains
     data = source.load(args.text_column)
     if data.tokenizer is not None:
         raise ConfigError(f"--dataset {source.dataset!r} is already prepared. Pass the raw corpus instead.")
