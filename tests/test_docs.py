@@ -226,8 +226,44 @@ def test_choose_a_chunker_measures_both_builtins(page_env, capsys):
     assert [line.split()[0] for line in lines if "examples" in line] == ["concat", "overflow"]
 
 
-def test_chunker_plugin_guide_restarts_positions_after_each_eos(page_env):
-    ns = run_page("howto/chunker-plugin.md", [*SHRINK_RUN, ("max_steps=600", "max_steps=2")], *page_env)
+@pytest.fixture
+def install_guide_package(page_env, monkeypatch):
+    """``install(package, passed)``: the action of a guide's ``pip install -e`` block. It installs the package the
+    page wrote into a temporary site folder, runs its tests there (``passed`` of them must pass), and puts the
+    folder on ``sys.path`` so the page's later blocks find the plugin by name."""
+    workdir, _ = page_env
+    site = workdir / "site-packages"
+
+    def install(package: str, passed: int) -> Callable[[Snippet], None]:
+        def action(snippet: Snippet) -> None:
+            folder = workdir / package
+            install_plugin_package(folder, target=site)
+            env = pinned_env(PYTHONPATH=str(site))
+            done = subprocess.run(
+                [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"],
+                cwd=folder,
+                env=env,
+                capture_output=True,
+                text=True,
+            )
+            assert done.returncode == 0 and f"{passed} passed" in done.stdout, done.stdout + done.stderr
+            monkeypatch.syspath_prepend(str(site))
+            importlib.invalidate_caches()
+
+        return action
+
+    return install
+
+
+def test_chunker_plugin_guide_end_to_end(page_env, install_guide_package, capsys):
+    """Generate the package with the CLI, write the page's files, install it, run its tests (the contract check
+    among them), then train with it by name from the CLI and from Python."""
+    shrink = [*SHRINK_RUN, ("max_steps=600", "max_steps=2")]
+    install = {"pip install -e": install_guide_package("clmkit-concat-reset", 4)}  # 3 of the page + the installed one
+    ns = run_page("howto/chunker-plugin.md", shrink, *page_env, instead=install)
+    assert '"distribution": "clmkit-concat-reset"' in capsys.readouterr().out
+    metrics = json.loads((page_env[0] / "clmkit-out" / "metrics.json").read_text())
+    assert metrics["global_step"] == 2 and metrics["data"]["train"]["fill_rate"] == 1.0
     trainer = ns["trainer"]
     example = trainer.train_dataset[0]
     eos = trainer.processing_class.eos_token_id
@@ -237,35 +273,17 @@ def test_chunker_plugin_guide_restarts_positions_after_each_eos(page_env):
     assert trainer.state.global_step == 2
 
 
-def test_loss_plugin_guide_end_to_end(page_env, capsys):
+def test_loss_plugin_guide_end_to_end(page_env, install_guide_package, capsys):
     """Generate the package, write the page's files, install it, run its tests, then train with it by name."""
-    workdir, _ = page_env
-    site = workdir / "site-packages"
-
-    def install_and_test(snippet: Snippet) -> None:
-        folder = workdir / "clmkit-focal-loss"
-        install_plugin_package(folder, target=site)
-        env = pinned_env(PYTHONPATH=str(site))
-        done = subprocess.run(
-            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"],
-            cwd=folder,
-            env=env,
-            capture_output=True,
-            text=True,
-        )
-        assert done.returncode == 0 and "4 passed" in done.stdout, done.stdout + done.stderr
-        sys.path.insert(0, str(site))
-        importlib.invalidate_caches()
-
-    try:
-        run_page("howto/loss-plugin.md", [], *page_env, instead={"pip install -e": install_and_test})
-    finally:
-        if str(site) in sys.path:
-            sys.path.remove(str(site))
+    run_page(
+        "howto/loss-plugin.md", [], *page_env, instead={"pip install -e": install_guide_package("clmkit-focal-loss", 5)}
+    )
     out = capsys.readouterr().out
     assert '"distribution": "clmkit-focal-loss"' in out
-    metrics = json.loads((workdir / "clmkit-out" / "metrics.json").read_text())
-    assert metrics["global_step"] == 2 and math.isfinite(metrics["eval_loss"])
+    metrics = json.loads((page_env[0] / "clmkit-out" / "metrics.json").read_text())
+    assert (
+        metrics["global_step"] == 2 and math.isfinite(metrics["eval_loss"]) and math.isfinite(metrics["eval_objective"])
+    )
 
 
 def test_fill_in_the_middle_guide_runs(page_env):
@@ -341,3 +359,32 @@ def test_every_hook_is_in_the_generated_hook_reference(built_site, hook):
     assert words and re.search(r"\W+".join(words), re.sub(r"<[^>]+>", "", generated)), (
         f"the docstring of {hook} is not rendered in the hook reference"
     )
+
+
+def test_every_eval_metric_is_documented(clmkit_tokenizer, clmkit_model, clmkit_args, raw_datasets):
+    """What an evaluation during training reports, with a loss other than cross-entropy, is in the Concepts page."""
+    from clmkit import ClmTrainer
+
+    args = clmkit_args(loss="keytoken", loss_kwargs={"keywords": ["self", "def"]}, max_steps=1)
+    trainer = ClmTrainer(
+        model=clmkit_model(),
+        args=args,
+        processing_class=clmkit_tokenizer,
+        train_dataset=raw_datasets["train"],
+        eval_dataset=raw_datasets["valid"],
+    )
+    trainer.train()
+    timing = {"eval_runtime", "eval_samples_per_second", "eval_steps_per_second"}  # the Trainer's own
+    reported = {key for key in trainer.evaluate() if key.startswith("eval_")} - timing
+    concepts = (DOCS / "concepts.md").read_text()
+    assert {"eval_objective", "eval_tokens_seen"} <= reported
+    assert [key for key in sorted(reported) if f"`{key}`" not in concepts] == []
+
+
+def test_the_builtin_classes_plugins_subclass_are_in_the_reference():
+    import clmkit
+
+    reference = (DOCS / "reference.md").read_text()
+    public = [name for name in clmkit.__all__ if getattr(clmkit, name).__module__.startswith("clmkit.builtins.")]
+    assert len(public) == 9
+    assert [name for name in public if f"`clmkit.{name}`" not in reference] == []
