@@ -388,3 +388,17 @@ def test_the_builtin_classes_plugins_subclass_are_in_the_reference():
     public = [name for name in clmkit.__all__ if getattr(clmkit, name).__module__.startswith("clmkit.builtins.")]
     assert len(public) == 9
     assert [name for name in public if f"`clmkit.{name}`" not in reference] == []
+
+
+def test_the_quickstart_run_is_timed_in_one_place_and_its_steps_agree():
+    """The default run's steps are clmkit train's default everywhere; only docs/cli.md states how long it takes."""
+    from clmkit.cli.options import TRAIN_DEFAULTS
+
+    steps = f"{TRAIN_DEFAULTS['max_steps']} steps"
+    cli = (DOCS / "cli.md").read_text()
+    assert steps in cli and re.search(r"\*\*\d+ min \d+ s\*\* in all", cli)
+    duration = re.compile(r"\b(?:about|in|takes) (?:a few|one|two|three|four|five|\d+) min(?:utes?)?\b")
+    for page in (DOCS.parent / "README.md", DOCS / "index.md"):
+        text = page.read_text()
+        assert steps in text and "cli.md#clmkit-train-with-no-arguments" in text, page.name
+        assert not duration.search(text), f"{page.name} states a run time: {duration.search(text).group()}"
