@@ -3,12 +3,17 @@ run's own loss on the eval set, each eval sits at the tokens seen when it ran, a
 
 from __future__ import annotations
 
+import json
 import math
+import socket
+import subprocess
+import sys
 
 import pytest
 import torch
 from datasets import Dataset
 from matplotlib.figure import Figure
+from support import pinned_env
 
 from clmkit import ClmLoop, ClmTrainer, report
 from clmkit.builtins.collators import CausalCollator
@@ -105,3 +110,41 @@ def test_the_report_labels_the_train_objective_and_the_eval_cross_entropy(tmp_pa
     assert "| eval cross-entropy (nats/token) | 5.0000 |" in table
     assert "| eval objective (the run's loss on the eval set) | 4.0000 |" in table
     assert "| last train objective (the run's loss) | 4.5000 |" in table
+
+
+EVAL_SCRIPT = """
+import json, sys
+from clmkit import ClmTrainer
+from clmkit.testing import padded_examples, tiny_args, tiny_model, tiny_tokenizer
+
+tokenizer = tiny_tokenizer()
+args = tiny_args(sys.argv[1], loss="keytoken", loss_kwargs={"keywords": ["self", "def"]}, per_device_eval_batch_size=4)
+data = padded_examples(tokenizer, count=13)
+trainer = ClmTrainer(model=tiny_model(tokenizer), args=args, processing_class=tokenizer, eval_dataset=data)
+metrics = trainer.evaluate()
+if trainer.is_world_process_zero():
+    print("METRICS", json.dumps({"processes": trainer.args.world_size, **metrics}))
+"""
+
+
+def test_eval_objective_is_exact_on_two_processes(tmp_path):
+    """13 examples on 2 processes in batches of 4: the duplicated samples of the last batch are not counted."""
+    script = tmp_path / "eval_on_processes.py"
+    script.write_text(EVAL_SCRIPT)
+    runs = {}
+    for processes in (1, 2):
+        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes)]
+        command += ["--master_port", str(free_port()), str(script), str(tmp_path / f"out-{processes}")]
+        done = subprocess.run(command, env=pinned_env(HF_HUB_OFFLINE="1"), capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+        line = next(line for line in done.stdout.splitlines() if line.startswith("METRICS "))
+        runs[processes] = json.loads(line.removeprefix("METRICS "))
+    assert (runs[1]["processes"], runs[2]["processes"]) == (1, 2)
+    for key in ("eval_loss", "eval_objective", "eval_tokens"):
+        assert runs[2][key] == pytest.approx(runs[1][key], rel=1e-6), key
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
