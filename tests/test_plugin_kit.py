@@ -204,6 +204,11 @@ def test_exactness_on_two_processes():
     assert difference.processes == 2 and difference.max_gradient_difference < 1e-5
 
 
+def test_several_processes_need_a_loss_they_can_import():
+    with pytest.raises(ValueError, match="pass the loss by its registered name"):
+        first_step_gradients(clmkit.CrossEntropy, batch_size=4, processes=2)
+
+
 @pytest.mark.parametrize("setups", [((32, 1),), ((32, 1), (8, 2))])
 def test_exactness_refuses_setups_of_different_sizes(setups):
     with pytest.raises(ValueError, match="see 32 examples"):
