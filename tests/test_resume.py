@@ -24,8 +24,8 @@ from clmkit.testing import tiny_tokenizer  # noqa: E402
 from clmkit.training.checkpoint import CheckpointError  # noqa: E402
 from clmkit.training.loop import ClmLoop  # noqa: E402
 
-K = 4  # checkpoint step of the killed run: in its second epoch, after a short window
-BATCHES_BEFORE_K = 7  # epoch 0: 5 batches (windows of 2, 2, 1) for steps 1-3; step 4: 2 more
+K = 3  # checkpoint step of the killed run: mid-way through its second epoch
+BATCHES_BEFORE_K = 6  # 18 examples, global batch 8: 2 steps (4 micro-batches) per epoch, then step 3's 2
 
 
 @pytest.fixture(scope="module")
@@ -35,11 +35,11 @@ def workdir(tmp_path_factory, clmkit_corpus) -> Path:
     return path
 
 
-def run_until_killed(workdir: Path, out: Path, path: str, optimizer: str) -> None:
+def run_until_killed(workdir: Path, out: Path, path: str, optimizer: str, kind: str = "map") -> None:
     """Start resumable.py, SIGKILL it once its checkpoint at step K is written (it goes on, slowly, till then)."""
     log = (out / "output.txt").open("w")
     process = subprocess.Popen(
-        [sys.executable, str(SCRIPTS / "resumable.py"), str(workdir), str(out), path, str(K), optimizer],
+        [sys.executable, str(SCRIPTS / "resumable.py"), str(workdir), str(out), path, str(K), optimizer, kind],
         stdout=log,
         stderr=subprocess.STDOUT,
         env=pinned_env(),
@@ -59,26 +59,32 @@ def run_until_killed(workdir: Path, out: Path, path: str, optimizer: str) -> Non
     assert process.returncode == -signal.SIGKILL
 
 
-@pytest.mark.parametrize("optimizer", ["adamw", "muon"])  # muon: MuonAdamW's state and the wsd schedule
+# map: tokenized examples, shuffled (with muon too: MuonAdamW's state and the wsd schedule); then each kind of
+# prepared data: filtered raw text, a filtered stream, a packed stream, a mixture of streams with two chunkers
+CASES = [("adamw", "map"), ("muon", "map"), ("adamw", "filtered"), ("adamw", "streamed"), ("adamw", "packed")]
+CASES += [("adamw", "mixture")]
+
+
+@pytest.mark.parametrize(("optimizer", "kind"), CASES)
 @pytest.mark.parametrize("path", ["trainer", "loop"])
-def test_killed_run_resumes_exactly(path, optimizer, workdir, tmp_path):
+def test_killed_run_resumes_exactly(path, optimizer, kind, workdir, tmp_path):
     killed, uninterrupted = tmp_path / "killed", tmp_path / "uninterrupted"
     killed.mkdir()
     uninterrupted.mkdir()
-    run_until_killed(workdir, killed, path, optimizer)
+    run_until_killed(workdir, killed, path, optimizer, kind)
     checkpoint = get_last_checkpoint(str(killed))
     assert checkpoint == str(killed / f"checkpoint-{K}")
     (killed / "batches.txt").unlink()  # from here on it records the resumed run's batches
 
-    resumed = train(workdir, killed, path, save_steps=K, resume=checkpoint, optimizer=optimizer)
-    reference = train(workdir, uninterrupted, path, save_steps=K, optimizer=optimizer)
+    resumed = train(workdir, killed, path, save_steps=K, resume=checkpoint, optimizer=optimizer, kind=kind)
+    reference = train(workdir, uninterrupted, path, save_steps=K, optimizer=optimizer, kind=kind)
 
     assert resumed.state.global_step == reference.state.global_step == MAX_STEPS
     ours, theirs = dict(resumed.model.named_parameters()), dict(reference.model.named_parameters())
     worst = max((ours[k] - theirs[k]).abs().max().item() for k in theirs)
     assert worst <= 1e-6, f"{path}: resumed parameters differ from the uninterrupted run's by {worst:.2e}"
-    seen = (killed / "batches.txt").read_text().split()
-    assert seen == (uninterrupted / "batches.txt").read_text().split()[BATCHES_BEFORE_K:]
+    seen = (killed / "batches.txt").read_text().splitlines()
+    assert seen == (uninterrupted / "batches.txt").read_text().splitlines()[BATCHES_BEFORE_K:]
     # the logs of steps 1-4 come from the killed run's checkpoint; the token count goes on from there
     logs, expected = ([e for e in r.state.log_history if "loss" in e] for r in (resumed, reference))
     assert [(e["step"], e["tokens_seen"]) for e in logs] == [(e["step"], e["tokens_seen"]) for e in expected]

@@ -163,7 +163,7 @@ def test_a_manifest_of_an_older_clmkit_is_refused(saved):
     state["files"] = {name: entry["size"] for name, entry in state["files"].items()}
     del state["format"], state["version"]
     (checkpoint / STATE_FILE).write_text(json.dumps(state))
-    refused_unchanged(checkpoint, resume, "written by an older clmkit", "without content hashes", "start a new run")
+    refused_unchanged(checkpoint, resume, "written by an older clmkit", "the data position", "start a new run")
 
 
 @pytest.mark.parametrize(

@@ -20,7 +20,7 @@ CONTEXT = 64
 def write_inputs(workdir: Path, tokenizer: Any, texts: list[str]) -> None:
     """Save what the scripts read: the tokenizer, and ``data.json`` with ``train`` (six source files),
     ``eval_ids`` (13 tokenized examples of uneven lengths: no even split over 2 processes x batch 4)
-    and ``resume_ids`` (18 examples of ``CONTEXT`` tokens: 5 batches of 4 per epoch, the last one short).
+    and ``resume_ids`` (18 examples of ``CONTEXT`` tokens: an epoch's last 2 make no full global batch of 8).
     """
     stream = [t for text in texts for t in [*tokenizer(text)["input_ids"], tokenizer.eos_token_id]]
     lengths = [3 + (i * 37) % 62 for i in range(13)]

@@ -40,7 +40,7 @@ logger = logging.getLogger(__name__)
 
 STATE_FILE = "clmkit_checkpoint.json"
 FORMAT = "clmkit-checkpoint"
-VERSION = 2  # 1: sizes only (clmkit 0.2); 2: sizes and SHA-256
+VERSION = 3  # 1: sizes only (clmkit 0.2); 2: sizes and SHA-256; 3: and the global order's data position
 PARTIAL_PREFIX = ".partial-"  # a save in progress, or one a kill interrupted
 DELETING_PREFIX = ".deleting-"  # a checkpoint being removed (rotation, or a step saved again)
 OWNER_FILE = ".clmkit-checkpoint"  # written first into every checkpoint folder clmkit makes, removed last
@@ -80,10 +80,8 @@ def run_settings(
         "collator_kwargs": args.collator_kwargs,
         "tokenizer_size": len(tokenizer),
     }
-    order = {
-        "per_device_train_batch_size": args.per_device_train_batch_size,
-        "gradient_accumulation_steps": args.gradient_accumulation_steps,
-        "num_processes": num_processes,
+    order = {  # the global order of examples depends on these, not on how a step is split (clmkit.data.order)
+        "global_batch_size": args.per_device_train_batch_size * args.gradient_accumulation_steps * num_processes,
         "seed": args.seed,
         "data_seed": args.data_seed,
         "train_sampling_strategy": args.train_sampling_strategy,
@@ -128,7 +126,7 @@ def _files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file() and p != folder / STATE_FILE)
 
 
-def write_checkpoint_state(folder: Path, position: dict[str, int], settings: dict[str, dict[str, Any]]) -> None:
+def write_checkpoint_state(folder: Path, position: dict[str, Any], settings: dict[str, dict[str, Any]]) -> None:
     """Flush every file of ``folder`` to disk, then write ``clmkit_checkpoint.json`` last: position, settings,
     and the manifest (size and SHA-256 of each file)."""
     files = {}
@@ -231,8 +229,8 @@ def checkpoint_problems(folder: str | Path) -> tuple[list[str], dict[str, Any] |
     files: dict[str, Any] = state["files"]
     if state.get("format") != FORMAT or state.get("version") != VERSION:
         return [
-            f"it was written by an older clmkit (manifest version {state.get('version', 1)}, without content "
-            "hashes), so damage to its files cannot be detected"
+            f"it was written by an older clmkit (manifest version {state.get('version', 1)}; version {VERSION} "
+            "checkpoints hold content hashes and the data position of the global order, which it lacks)"
         ], None
     unsafe = sorted(n for n in files if not isinstance(n, str) or Path(n).is_absolute() or ".." in Path(n).parts)
     if unsafe:
@@ -289,7 +287,7 @@ def verify_checkpoint(folder: str | Path) -> dict[str, Any]:
     )
 
 
-def read_checkpoint(folder: str | Path, settings: dict[str, dict[str, Any]]) -> dict[str, int]:
+def read_checkpoint(folder: str | Path, settings: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """The data position saved in ``folder``, after checking that it is complete, undamaged and made with ``settings``.
 
     Raises ``CheckpointError`` naming every missing, truncated, changed or unexpected file, or every setting
@@ -297,6 +295,11 @@ def read_checkpoint(folder: str | Path, settings: dict[str, dict[str, Any]]) -> 
     """
     saved = verify_checkpoint(folder)
     differences = setting_differences(saved["settings"], settings)
+    if any("global_batch_size" in d for d in differences):
+        differences.append(
+            "the order of the data depends on the global batch size (per_device_train_batch_size x "
+            "gradient_accumulation_steps x processes), and any split of the same global batch resumes it"
+        )
     if differences:
         raise CheckpointError(
             f"checkpoint {folder} was made with other settings than this run: {'; '.join(differences)}. "
@@ -402,7 +405,7 @@ class CheckpointWriter:
     def reached(self, stage: str) -> None:
         fault_point(stage)
 
-    def commit(self, position: dict[str, int], settings: dict[str, dict[str, Any]]) -> Path:
+    def commit(self, position: dict[str, Any], settings: dict[str, dict[str, Any]]) -> Path:
         self.barrier()  # every process has written its files
         if self.is_main:
             fault_point("files written")

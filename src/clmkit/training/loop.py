@@ -10,7 +10,6 @@ without the padded duplicates. It runs unchanged under ``torchrun`` and ``accele
 
 from __future__ import annotations
 
-import itertools
 import logging
 import math
 import os
@@ -21,10 +20,10 @@ from typing import Any, cast
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, DistributedType, GradientAccumulationPlugin
+from accelerate.utils import DataLoaderConfiguration, DistributedType, GradientAccumulationPlugin, send_to_device
 from datasets import Dataset, IterableDataset
 from torch import nn
-from torch.utils.data import DataLoader, RandomSampler, SequentialSampler
+from torch.utils.data import DataLoader, SequentialSampler
 from transformers import PreTrainedModel, TrainerCallback
 from transformers.integrations import get_reporting_integration_callbacks
 from transformers.trainer import TRAINER_STATE_NAME
@@ -41,11 +40,11 @@ from transformers.trainer_pt_utils import AcceleratorConfig
 from transformers.trainer_utils import (
     TrainOutput,
     enable_full_determinism,
-    has_length,
     set_seed,
 )
 
 from clmkit.args import ClmTrainingArguments
+from clmkit.data.order import GlobalOrder
 from clmkit.errors import ConfigError
 from clmkit.training import components
 from clmkit.training.checkpoint import (
@@ -59,8 +58,9 @@ from clmkit.training.flops import MfuMeter
 from clmkit.training.forward import forward_for_loss
 from clmkit.training.hub import upload_output_folder
 from clmkit.training.loop_options import trainer_only_options
-from clmkit.training.loop_state import data_position, load_loop_state, save_loop_state
+from clmkit.training.loop_state import load_loop_state, save_loop_state
 from clmkit.training.losses import loss_from_inputs, window_normalizer
+from clmkit.training.train_data import global_order, order_loader
 
 logger = logging.getLogger(__name__)
 
@@ -139,6 +139,7 @@ class ClmLoop:
         self.model_wrapped: nn.Module | None = None
         self.optimizer: Any = None  # set by train()
         self.lr_scheduler: Any = None
+        self.train_order: GlobalOrder | None = None
 
     def add_callback(self, callback: TrainerCallback | type[TrainerCallback]) -> None:
         """Add a ``TrainerCallback`` (an instance or a class), as ``Trainer.add_callback`` does."""
@@ -158,25 +159,24 @@ class ClmLoop:
         if args.gradient_checkpointing:
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=args.gradient_checkpointing_kwargs)
         optimizer = components.build_optimizer(self.plugins, args, self.model)
-        model, optimizer, dataloader = acc.prepare(self.model, optimizer, self._train_dataloader())
+        model, optimizer = acc.prepare(self.model, optimizer)
         self.model_wrapped = model
-        batches_per_epoch = len(dataloader) if has_length(dataloader) else None
+        order = self.train_order = global_order(self.train_dataset, self.collator, args, acc)
+        dataloader = order_loader(order, args, acc.device)
+        steps_per_epoch = order.steps_per_epoch()
         max_steps = args.max_steps
         if max_steps <= 0:
-            if batches_per_epoch is None:
+            if steps_per_epoch is None:
                 raise ConfigError("the train dataset has no length (an IterableDataset): set max_steps.")
-            max_steps = math.ceil(
-                args.num_train_epochs * math.ceil(batches_per_epoch / args.gradient_accumulation_steps)
-            )
+            max_steps = math.ceil(args.num_train_epochs * steps_per_epoch)
         # counted in optimizer steps, stepped once per optimizer step (the course built it in micro-batches)
         scheduler = components.build_scheduler(args, optimizer, max_steps)
         # saved by clmkit as JSON, not registered with accelerate (which would pickle it and unpickle it unsafely)
         self.optimizer, self.lr_scheduler = optimizer, scheduler
         self.callback_handler.optimizer, self.callback_handler.lr_scheduler = optimizer, scheduler
         self._init_state(max_steps)
-        epoch, resumed = 0, None
         if resume_from_checkpoint:
-            epoch, resumed = self._resume(resume_from_checkpoint, dataloader)
+            self._resume(resume_from_checkpoint)
         first_step, start = self.state.global_step, time.time()
         self._tr_loss = torch.zeros((), device=acc.device)
         self._logged_loss, self._last_logged = 0.0, self.state.global_step
@@ -185,12 +185,10 @@ class ClmLoop:
         if args.eval_on_start:
             self.evaluate()
         while not self.control.should_training_stop:
-            dataloader.set_epoch(epoch)
-            seen, batches = resumed or (0, iter(dataloader))
-            resumed = None
+            batches, taken = iter(dataloader), 0  # the rest of the epoch (a stream: every step to come)
             self.control = self.callback_handler.on_epoch_begin(args, self.state, self.control)
             while window := _next_window(batches, args.gradient_accumulation_steps):
-                seen += len(window)
+                taken += 1
                 self.control = self.callback_handler.on_step_begin(args, self.state, self.control)
                 self._tr_loss += self._accumulate(model, window)
                 # here acc.sync_gradients is True: every process holds the window's all-reduced gradients
@@ -203,17 +201,18 @@ class ClmLoop:
                     scheduler.step()
                 optimizer.zero_grad()
                 self.state.global_step += 1
-                self.state.epoch = epoch + seen / batches_per_epoch if batches_per_epoch else None  # type: ignore[assignment]
+                position = order.position
+                if steps_per_epoch:
+                    self.state.epoch = position["epoch"] + position["steps_in_epoch"] / steps_per_epoch
                 self.control = self.callback_handler.on_step_end(args, self.state, self.control)
-                self._log_evaluate_save(grad_norm, learning_rate, data_position(epoch, seen, batches_per_epoch))
+                self._log_evaluate_save(grad_norm, learning_rate)
                 if self.control.should_epoch_stop or self.control.should_training_stop:
                     break
-            if seen == 0:
+            if taken == 0:
                 logger.warning("the train dataloader yielded no batch; stopping at step %d", self.state.global_step)
                 self.control.should_training_stop = True
             self.control = self.callback_handler.on_epoch_end(args, self.state, self.control)
-            epoch += 1
-            self._log_evaluate_save(None, optimizer.param_groups[0]["lr"], data_position(epoch, 0, batches_per_epoch))
+            self._log_evaluate_save(None, optimizer.param_groups[0]["lr"])
         steps = self.state.global_step - first_step
         training_loss = (self._logged_loss + acc.reduce(self._tr_loss, "sum").item()) / max(steps, 1)
         metrics = {"train_runtime": round(time.time() - start, 4), "train_loss": training_loss}
@@ -237,6 +236,7 @@ class ClmLoop:
         hidden = self.loss.consumes == "hidden_states" and self.args.chunked_loss
         window_loss = torch.zeros((), device=acc.device)
         for batch in window:
+            batch = send_to_device(batch, acc.device)
             self.token_counter.count(batch)
             with acc.accumulate(model):  # no gradient all-reduce before the window's last micro-batch
                 with acc.autocast():
@@ -252,7 +252,7 @@ class ClmLoop:
         self._divergence.check(window_loss, self.state.global_step + 1, self.args.output_dir)
         return window_loss
 
-    def _log_evaluate_save(self, grad_norm: torch.Tensor | None, learning_rate: float, position: dict) -> None:
+    def _log_evaluate_save(self, grad_norm: torch.Tensor | None, learning_rate: float) -> None:
         """Act on what the callbacks decided for this step: log, evaluate, save a checkpoint."""
         if self.control.should_log and self.state.global_step > self._last_logged:
             steps = self.state.global_step - self._last_logged
@@ -267,7 +267,7 @@ class ClmLoop:
         if self.control.should_evaluate:
             self.evaluate()
         if self.control.should_save:
-            self._save_checkpoint(position)
+            self._save_checkpoint()
             self.control = self.callback_handler.on_save(self.args, self.state, self.control)
 
     def log(self, logs: dict[str, float]) -> None:
@@ -303,7 +303,7 @@ class ClmLoop:
         model = self.model_wrapped if self.model_wrapped is not None else self.model.to(acc.device)
         was_training = model.training
         model.eval()
-        batches = acc.prepare(self._dataloader(dataset, self.args.per_device_eval_batch_size, SequentialSampler))
+        batches = acc.prepare(self._eval_dataloader(dataset))
         counter = self.token_counter if self.state.global_step else None  # an eval during or after training
         metrics, _ = components.evaluate_batches(
             model, batches, self.args, acc, self._byte_lengths, acc.autocast, metric_key_prefix, self.loss, counter
@@ -315,17 +315,13 @@ class ClmLoop:
 
     # ---- data ------------------------------------------------------------------------------------
 
-    def _train_dataloader(self) -> DataLoader:
-        sampler = SequentialSampler if self.args.train_sampling_strategy == "sequential" else RandomSampler
-        return self._dataloader(self.train_dataset, self.args.per_device_train_batch_size, sampler)
-
-    def _dataloader(self, dataset: Dataset | IterableDataset, batch_size: int, sampler: type) -> DataLoader:
-        """Built as the Trainer builds its own; ``accelerator.prepare`` turns a RandomSampler into a seeded one."""
+    def _eval_dataloader(self, dataset: Dataset | IterableDataset) -> DataLoader:
+        """Built as the Trainer builds its own, in order; ``accelerator.prepare`` shards it over the processes."""
         args = self.args
         return DataLoader(
             dataset,
-            batch_size=batch_size,
-            sampler=None if isinstance(dataset, torch.utils.data.IterableDataset) else sampler(dataset),
+            batch_size=args.per_device_eval_batch_size,
+            sampler=None if isinstance(dataset, torch.utils.data.IterableDataset) else SequentialSampler(dataset),
             collate_fn=self.collator,
             drop_last=args.dataloader_drop_last,
             num_workers=args.dataloader_num_workers,
@@ -359,13 +355,13 @@ class ClmLoop:
         """
         return str(self._check_resume(checkpoint)[0])
 
-    def _check_resume(self, checkpoint: str | Path | bool) -> tuple[Path, dict[str, int]]:
+    def _check_resume(self, checkpoint: str | Path | bool) -> tuple[Path, dict[str, Any]]:
         folder, _ = resolve_resume(checkpoint, str(self.args.output_dir))
         return folder, read_checkpoint(folder, self._settings())
 
-    def _save_checkpoint(self, position: dict[str, int]) -> None:
+    def _save_checkpoint(self) -> None:
         """``checkpoint-N``: model and optimizer (accelerate), LR scheduler and RNG states (JSON), tokenizer,
-        config, trainer state, and the data position.
+        config, trainer state, and the data position (``clmkit.data.order``).
 
         Written as ``.partial-checkpoint-N``, completed (manifest last) and renamed, then older checkpoints are
         rotated away: a killed run always leaves a complete checkpoint (``clmkit.training.checkpoint``).
@@ -386,7 +382,8 @@ class ClmLoop:
                     stateful_callbacks=self._stateful_callbacks()
                 ).stateful_callbacks
                 self.state.save_to_json(str(partial / TRAINER_STATE_NAME))
-            final = writer.commit(position, self._settings())
+            assert self.train_order is not None, "checkpoints are saved while training"
+            final = writer.commit({"data": self.train_order.position}, self._settings())
         except (Exception, KeyboardInterrupt):  # not a kill: the unfinished folder goes
             writer.abort()
             raise
@@ -394,26 +391,17 @@ class ClmLoop:
             rotate_checkpoints(output_dir, self.args.save_total_limit, keep=[final])
         acc.wait_for_everyone()
 
-    def _resume(self, checkpoint: str | bool, dataloader: DataLoader) -> tuple[int, tuple[int, Iterator] | None]:
-        """Check, then load a checkpoint; return its epoch and, mid-epoch, the batches done and the rest.
-
-        Starting an iteration draws a seed from the global RNG, which the interrupted run did before
-        it saved that RNG; so mid-epoch the first batch is fetched before the state (RNG included) is
-        loaded, as the Trainer does. At an epoch start, the iteration starts after, as it did then.
-        """
+    def _resume(self, checkpoint: str | bool) -> None:
+        """Check, then load a checkpoint: model, optimizer, scheduler, RNG states, trainer state and the data
+        position, from which the global order continues without reading what came before."""
         folder, position = self._check_resume(checkpoint)  # raises before anything is loaded
-        epoch, done, rest = position["epoch"], position["batches_in_epoch"], None
-        if done:
-            dataloader.set_epoch(epoch)  # type: ignore[attr-defined]  # accelerate's DataLoaderShard
-            batches = iter(self.accelerator.skip_first_batches(dataloader, done))
-            first = next(batches, None)
-            rest = (done, batches if first is None else itertools.chain([first], batches))
         load_loop_state(self.accelerator, folder, self.lr_scheduler)
+        assert self.train_order is not None, "train() builds the order first"
+        self.train_order.resume(position["data"])
         self.state = TrainerState.load_from_json(os.path.join(folder, TRAINER_STATE_NAME))
         self.state.is_local_process_zero = self.accelerator.is_local_main_process
         self.state.is_world_process_zero = self.accelerator.is_main_process
-        logger.info("resumed from %s at step %d (epoch %d, batch %d)", folder, self.state.global_step, epoch, done)
-        return epoch, rest
+        logger.info("resumed from %s at step %d (data position %s)", folder, self.state.global_step, position["data"])
 
     def save_model(self, output_dir: str | None = None) -> None:
         """Model (safetensors), config, generation config and tokenizer: ``ClmTrainer.save_model``'s layout, with no

@@ -1,10 +1,12 @@
-"""The state ``ClmLoop`` keeps in a checkpoint beside accelerate's model and optimizer: the data position,
-the LR scheduler and the RNG states, as JSON, so resuming reads no pickle (a pickle could run code)."""
+"""The state ``ClmLoop`` keeps in a checkpoint beside accelerate's model and optimizer: the LR scheduler and
+the RNG states, as JSON, so resuming reads no pickle (a pickle could run code). The data position is in the
+checkpoint's manifest (``clmkit.data.order``)."""
 
 from __future__ import annotations
 
 import base64
 import json
+import logging
 import pickle
 import random
 from pathlib import Path
@@ -18,12 +20,7 @@ from clmkit.training.checkpoint import RESUME_ELSEWHERE, CheckpointError
 SCHEDULER_FILE = "scheduler_state.json"  # the loop's LR scheduler state
 RNG_FILE = "rng_state_{}.json"  # the loop's RNG states, one file per process
 
-
-def data_position(epoch: int, batches_seen: int, batches_per_epoch: int | None) -> dict[str, int]:
-    """Where the data stands after a step; a finished epoch is recorded as the start of the next one."""
-    if batches_per_epoch is not None and batches_seen >= batches_per_epoch:
-        return {"epoch": epoch + 1, "batches_in_epoch": 0}
-    return {"epoch": epoch, "batches_in_epoch": batches_seen}
+logger = logging.getLogger(__name__)
 
 
 def save_loop_state(accelerator: Any, folder: Path, scheduler: Any) -> None:
@@ -39,9 +36,17 @@ def save_loop_state(accelerator: Any, folder: Path, scheduler: Any) -> None:
 
 
 def load_loop_state(accelerator: Any, folder: Path, scheduler: Any) -> None:
-    """Restore what ``save_loop_state`` wrote; files that are not clmkit's are a ``CheckpointError``."""
+    """Restore what ``save_loop_state`` wrote; files that are not clmkit's are a ``CheckpointError``.
+
+    A process that did not exist when the checkpoint was made (resuming on more processes) takes process 0's
+    RNG state; the data order does not depend on it (``clmkit.data.order``), only dropout does.
+    """
     scheduler_state = load_json(folder / SCHEDULER_FILE)
-    rng = load_json(folder / RNG_FILE.format(accelerator.process_index))
+    rng_file = folder / RNG_FILE.format(accelerator.process_index)
+    if not rng_file.is_file():  # made by fewer processes (an elastic resume): this one starts from process 0's
+        logger.info("%s has no RNG state of process %d; it takes process 0's", folder, accelerator.process_index)
+        rng_file = folder / RNG_FILE.format(0)
+    rng = load_json(rng_file)
     try:
         # model (safetensors) and optimizer (torch.load with weights_only=True: no code runs); no custom
         # objects are registered, and the RNG pickle accelerate would look for is not in clmkit's checkpoints

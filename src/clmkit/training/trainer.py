@@ -16,12 +16,14 @@ from typing import Any, cast
 import torch
 from datasets import Dataset, IterableDataset
 from torch import nn
+from torch.utils.data import DataLoader
 from transformers import PreTrainedModel, Trainer
 from transformers.trainer import TRAINER_STATE_NAME, TRAINING_ARGS_NAME
 from transformers.trainer_callback import ExportableState
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, EvalLoopOutput, SaveStrategy, TrainOutput
 
 from clmkit.args import ClmTrainingArguments
+from clmkit.data.order import GlobalOrder
 from clmkit.training.checkpoint import (
     CheckpointWriter,
     read_checkpoint,
@@ -43,6 +45,7 @@ from clmkit.training.components import (
 from clmkit.training.flops import MfuMeter
 from clmkit.training.forward import forward_for_loss
 from clmkit.training.losses import loss_from_inputs, window_normalizer
+from clmkit.training.train_data import global_order, order_loader
 
 
 class ClmTrainer(Trainer):
@@ -81,6 +84,8 @@ class ClmTrainer(Trainer):
         self.token_counter, self._byte_lengths = run.token_counter, run.byte_lengths
         self._mfu: MfuMeter | None = None
         self._divergence = DivergenceGuard(args.max_loss)
+        self.train_order: GlobalOrder | None = None  # built by get_train_dataloader
+        self._resume_data: dict[str, Any] | None = None  # the data position train() resumes from
         callbacks = [*(kwargs.pop("callbacks", None) or []), run.token_counter, *run.callbacks]
         super().__init__(
             model=model,
@@ -154,8 +159,10 @@ class ClmTrainer(Trainer):
     ) -> TrainOutput:
         """``Trainer.train``; a checkpoint to resume from must be complete, undamaged and made with this run's
         settings. ``True`` resumes from the newest complete checkpoint of ``output_dir``."""
+        self._resume_data = None
         if resume_from_checkpoint:
-            resume_from_checkpoint = self.check_resume(resume_from_checkpoint)
+            folder, position = self._check_resume(resume_from_checkpoint)
+            resume_from_checkpoint, self._resume_data = str(folder), position["data"]
         return super().train(resume_from_checkpoint, trial, ignore_keys_for_eval)
 
     def check_resume(self, checkpoint: str | Path | bool) -> str:
@@ -165,9 +172,26 @@ class ClmTrainer(Trainer):
         ``CheckpointError`` if it is missing, incomplete, damaged or made with other settings; reads only the
         folder's files and manifest, loads nothing and writes nothing.
         """
+        return str(self._check_resume(checkpoint)[0])
+
+    def _check_resume(self, checkpoint: str | Path | bool) -> tuple[Path, dict[str, Any]]:
         folder, _ = resolve_resume(checkpoint, str(self.args.output_dir))
-        read_checkpoint(folder, self._checkpoint_settings())
-        return str(folder)
+        return folder, read_checkpoint(folder, self._checkpoint_settings())
+
+    # ---- training data: the global order (clmkit.data.order), resumed from the checkpoint's position
+
+    def get_train_dataloader(self) -> DataLoader:
+        """This process's micro-batches of the run's global order, which does not depend on the number of processes.
+
+        When resuming, the order continues from the checkpoint's data position at once; the batches the Trainer
+        then skips are placeholders, so nothing before the checkpoint is read, tokenized or collated again.
+        """
+        if self.train_dataset is None:
+            raise ValueError("Trainer: training requires a train_dataset.")
+        self.train_order = global_order(self.train_dataset, self.data_collator, self.args, self.accelerator)
+        if self._resume_data is not None:
+            self.train_order.resume(self._resume_data, placeholders=True)
+        return order_loader(self.train_order, self.args, self.args.device)
 
     def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
         """``Trainer._save_checkpoint``'s pieces, written into ``.partial-checkpoint-N``, completed (manifest
@@ -192,7 +216,9 @@ class ClmTrainer(Trainer):
             if self.args.should_save:
                 self._store_callback_states()
                 self.state.save_to_json(str(partial / TRAINER_STATE_NAME))
-            final = writer.commit({"global_step": step}, self._checkpoint_settings())
+            assert self.train_order is not None, "checkpoints are saved while training"
+            position = {"global_step": step, "data": self.train_order.position}
+            final = writer.commit(position, self._checkpoint_settings())
         except (Exception, KeyboardInterrupt):  # not a kill: the unfinished folder goes
             writer.abort()
             raise
