@@ -102,6 +102,28 @@ class ClmTrainingArguments(TrainingArguments):
     preprocessing_num_workers: int | None = field(
         default=None, metadata={"help": "Processes for tokenizing and chunking (datasets.map num_proc)."}
     )
+    max_tokens: int | None = field(
+        default=None,
+        metadata={
+            "help": "Train until this many target tokens (all processes together) have been seen, instead of "
+            "max_steps: the schedule spans the steps this takes (estimated from the data), and the run stops at the "
+            "first step that reaches it, also after a resume."
+        },
+    )
+    spike_guard: float | None = field(
+        default=None,
+        metadata={
+            "help": "Skip the optimizer update of a step whose loss or gradient norm lies more than this many "
+            "standard deviations above the mean of the last spike_guard_window steps (llm.c's rule; 3 to 5 are "
+            "usual). Off by default."
+        },
+    )
+    spike_guard_window: int = field(
+        default=128, metadata={"help": "Steps of history the spike guard judges a step against."}
+    )
+    spike_guard_max_skips: int = field(
+        default=5, metadata={"help": "Stop the run after this many updates skipped in a row by the spike guard."}
+    )
     max_loss: float | None = field(
         default=None,
         metadata={
@@ -165,6 +187,26 @@ class ClmTrainingArguments(TrainingArguments):
                 f"num_train_epochs must be above 0 when max_steps is -1, got {self.num_train_epochs!r}. "
                 "Pass e.g. --num_train_epochs 1, or --max_steps N."
             )
+        if self.spike_guard is not None and (not _is_number(self.spike_guard) or not self.spike_guard > 0):
+            raise ConfigError(
+                f"spike_guard must be a number of standard deviations above 0, got {self.spike_guard!r}. "
+                "Pass e.g. --spike_guard 4, or leave it unset (off)."
+            )
+        for name, least in (("spike_guard_window", 2), ("spike_guard_max_skips", 1)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < least:
+                raise ConfigError(f"{name} must be a whole number of at least {least}, got {value!r}. Pass e.g. 8.")
+        if self.max_tokens is not None:
+            if not isinstance(self.max_tokens, int) or isinstance(self.max_tokens, bool) or self.max_tokens < 1:
+                raise ConfigError(
+                    f"max_tokens must be a whole number of target tokens above 0, got {self.max_tokens!r}. "
+                    "Pass e.g. --max_tokens 5000000."
+                )
+            if self.max_steps > 0:
+                raise ConfigError(
+                    f"max_tokens ({self.max_tokens}) and max_steps ({self.max_steps}) both set how long to train. "
+                    "Set one of them (max_steps=-1 with max_tokens)."
+                )
         if self.max_loss is not None and (not _is_number(self.max_loss) or not self.max_loss > 0):
             raise ConfigError(
                 f"max_loss must be a number above 0 (nats per target token), got {self.max_loss!r}. "

@@ -1,7 +1,7 @@
 """The ``clmkit`` command: ``train``, ``prepare``, ``eval``, ``generate`` and ``plugins``.
 
 ``clmkit train`` with no arguments trains a byte-level BPE tokenizer and a small Qwen3-style model on this
-interpreter's standard library in about three minutes on a CPU, and leaves a complete model folder.
+interpreter's standard library in 450 steps (about two minutes on a CPU), and leaves a complete model folder.
 Every ``ClmTrainingArguments`` (hence ``TrainingArguments``) field is a flag; ``--config run.yaml``
 takes the same fields, and flags override it. Bad input ends with one line on stderr and exit code 2.
 """
@@ -22,12 +22,12 @@ from clmkit.errors import ClmkitError
 logger = logging.getLogger("clmkit")
 
 COMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
-    "train": (cmd_train, "train a tokenizer and a causal LM (defaults: the stdlib, about 3 minutes on a CPU)"),
+    "train": (cmd_train, "train a tokenizer and a causal LM (defaults: the stdlib, 450 steps, about 2 minutes on a CPU)"),
     "prepare": (cmd_prepare, "tokenize and chunk a corpus once, for train"),
     "eval": (cmd_eval, "perplexity and bits per byte of a saved model"),
     "generate": (cmd_generate, "complete a prompt with a saved model"),
     "plugins": (cmd_plugins, "list the loaded plugins as JSON"),
-    "new-plugin": (cmd_new_plugin, "write a new plugin package from the template"),
+    "new-plugin": (cmd_new_plugin, "write a plugin package (or add a plugin to one) from the template of its kind"),
 }
 
 

@@ -18,7 +18,7 @@ from clmkit.errors import ClmkitError, ConfigError
 
 DEFAULT_OUTPUT_DIR = "clmkit-out"
 DEFAULT_PROMPTS = ["def fibonacci(n):", "import os\n"]
-# what `clmkit train` changes from TrainingArguments' defaults: a run sized for ~3 minutes on 2 CPU cores, the
+# what `clmkit train` changes from TrainingArguments' defaults: a run sized for ~2 minutes on 2 CPU cores, the
 # recipe bench/sweep.py found best at a fixed wall clock (docs/benchmarks.md)
 TRAIN_DEFAULTS: dict[str, Any] = {
     "output_dir": DEFAULT_OUTPUT_DIR,
@@ -329,7 +329,7 @@ def _train_parser() -> Parser:
         "[--<any TrainingArguments field> V]",
         description="Train a causal LM from scratch with ClmTrainer. With no arguments: a tokenizer and a `tiny` "
         "Qwen3-style model "
-        "trained on this Python's standard library for about three minutes on a CPU. Every TrainingArguments "
+        "trained on this Python's standard library for 450 steps (about two minutes on a CPU). Every TrainingArguments "
         "field is a flag (--snake_case or --kebab-case). clmkit's defaults differ from TrainingArguments' for: "
         + ", ".join(f"{k}={v}" for k, v in TRAIN_DEFAULTS.items())
         + ", and bf16=true where the device computes in bfloat16 natively (GPUs from Ampere on, CPUs with AMX).",
@@ -358,7 +358,9 @@ def parse_train_args(
     known = [f.name for dt in parser.dataclass_types for f in fields(dt) if f.init]
     config = read_config(config_path, [*known, MIXTURE_KEY]) if config_path else {}
     mixture = config.pop(MIXTURE_KEY, None)
-    parser.set_defaults(**detected_defaults(_explicit_keys(argv, config)), **config)
+    asked = _explicit_keys(argv, config)
+    budget = {"max_steps": -1} if "max_tokens" in asked and "max_steps" not in asked else {}  # the budget decides
+    parser.set_defaults(**detected_defaults(asked), **budget, **config)
     source, tok, run, args = _parse(parser, argv)
     source.mixture = mixture
     explicit = _explicit_keys(argv, config)

@@ -213,6 +213,8 @@ def train_in(
         "plugins": loaded,
         "data": {split: stats.as_dict() for split, stats in trainer.data_stats.items()},
     }
+    if trainer.spike_guard is not None:
+        metrics["spike_guard"] = {"threshold": trainer.spike_guard.threshold, "skips": trainer.spike_guard.skips}
     final_point = (float(seen["tokens_seen"]), float(final["eval_loss"]))
     report.plot_loss_curve(
         out / "loss_curve.png",

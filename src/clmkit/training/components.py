@@ -425,6 +425,7 @@ class TrainingRun(Protocol):
     plugins: Plugins
     data_stats: dict[str, ChunkStats]
     filter_reports: dict[str, list[FilterReport]]
+    spike_guard: Any  # a clmkit.training.spikes.SpikeGuard, or None when it is off
 
     def add_callback(self, callback: TrainerCallback | type[TrainerCallback]) -> None: ...
 

@@ -60,7 +60,8 @@ from clmkit.training.hub import upload_output_folder
 from clmkit.training.loop_options import trainer_only_options
 from clmkit.training.loop_state import load_loop_state, save_loop_state
 from clmkit.training.losses import loss_from_inputs, window_normalizer
-from clmkit.training.train_data import global_order, order_loader
+from clmkit.training.spikes import spike_guard
+from clmkit.training.train_data import global_order, order_loader, token_budget
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +102,7 @@ class ClmLoop:
         self.token_counter, self._byte_lengths = run.token_counter, run.byte_lengths
         self._mfu: MfuMeter | None = None
         self._divergence = components.DivergenceGuard(args.max_loss)
+        self.spike_guard = spike_guard(args)
         if components.trainer_builds_optimizer(args, model):
             raise ConfigError(
                 f"the Accelerate loop does not implement optim {args.optim!r}: it builds its own parameter list. "
@@ -125,10 +127,15 @@ class ClmLoop:
                 data_seed=args.data_seed,
             ),
         )
+        self._schedule_steps, guards = token_budget(  # under max_tokens: the steps the schedule spans
+            args, self.train_dataset, self.accelerator.num_processes, run.token_counter, lambda: self.accelerator
+        )
+        if self.spike_guard is not None:
+            guards.append(self.spike_guard)  # a callback too: its history is in every checkpoint
         reporting = [cb() for cb in get_reporting_integration_callbacks(args.report_to)]
         printer = PrinterCallback() if args.disable_tqdm else ProgressCallback()
         self.callback_handler = CallbackHandler(
-            [DefaultFlowCallback(), run.token_counter, *run.callbacks, *callbacks, *reporting, printer],
+            [DefaultFlowCallback(), run.token_counter, *guards, *run.callbacks, *callbacks, *reporting, printer],
             model,
             processing_class,
             None,
@@ -170,7 +177,7 @@ class ClmLoop:
                 raise ConfigError("the train dataset has no length (an IterableDataset): set max_steps.")
             max_steps = math.ceil(args.num_train_epochs * steps_per_epoch)
         # counted in optimizer steps, stepped once per optimizer step (the course built it in micro-batches)
-        scheduler = components.build_scheduler(args, optimizer, max_steps)
+        scheduler = components.build_scheduler(args, optimizer, self._schedule_steps or max_steps)
         # saved by clmkit as JSON, not registered with accelerate (which would pickle it and unpickle it unsafely)
         self.optimizer, self.lr_scheduler = optimizer, scheduler
         self.callback_handler.optimizer, self.callback_handler.lr_scheduler = optimizer, scheduler
@@ -190,14 +197,17 @@ class ClmLoop:
             while window := _next_window(batches, args.gradient_accumulation_steps):
                 taken += 1
                 self.control = self.callback_handler.on_step_begin(args, self.state, self.control)
-                self._tr_loss += self._accumulate(model, window)
+                window_loss = self._accumulate(model, window)
+                self._tr_loss += window_loss
                 # here acc.sync_gradients is True: every process holds the window's all-reduced gradients
-                grad_norm = acc.clip_grad_norm_(model.parameters(), args.max_grad_norm) if args.max_grad_norm else None
+                grad_norm = self._clip(model)
+                skip = self._spike(window_loss, grad_norm)
                 self.control = self.callback_handler.on_pre_optimizer_step(args, self.state, self.control)
-                optimizer.step()
-                self.control = self.callback_handler.on_optimizer_step(args, self.state, self.control)
+                if not skip:
+                    optimizer.step()
+                    self.control = self.callback_handler.on_optimizer_step(args, self.state, self.control)
                 learning_rate = optimizer.param_groups[0]["lr"]  # the rate this step used
-                if not acc.optimizer_step_was_skipped:  # fp16 overflow
+                if not skip and not acc.optimizer_step_was_skipped:  # a spike, an fp16 overflow
                     scheduler.step()
                 optimizer.zero_grad()
                 self.state.global_step += 1
@@ -222,6 +232,19 @@ class ClmLoop:
         if args.push_to_hub:
             self.push_to_hub()
         return TrainOutput(self.state.global_step, training_loss, metrics)
+
+    def _clip(self, model: nn.Module) -> torch.Tensor | None:
+        """Clip the gradients to ``max_grad_norm``; return their norm before clipping (also without clipping when
+        the spike guard needs it)."""
+        limit = self.args.max_grad_norm or (math.inf if self.spike_guard is not None else 0)
+        return self.accelerator.clip_grad_norm_(model.parameters(), limit) if limit else None
+
+    def _spike(self, window_loss: torch.Tensor, grad_norm: torch.Tensor | None) -> bool:
+        """Whether the spike guard skips this step's update: the window's loss over all processes, the global norm."""
+        if self.spike_guard is None or grad_norm is None:
+            return False
+        loss = self.accelerator.reduce(window_loss, "sum").item()
+        return self.spike_guard.should_skip(self.state.global_step + 1, loss, float(grad_norm))
 
     def _accumulate(self, model: nn.Module, window: list[dict[str, torch.Tensor]]) -> torch.Tensor:
         """Forward and backward over one accumulation window; return this process's share of its loss.

@@ -45,7 +45,8 @@ from clmkit.training.components import (
 from clmkit.training.flops import MfuMeter
 from clmkit.training.forward import forward_for_loss
 from clmkit.training.losses import loss_from_inputs, window_normalizer
-from clmkit.training.train_data import global_order, order_loader
+from clmkit.training.spikes import skip_next_update, spike_guard
+from clmkit.training.train_data import global_order, order_loader, token_budget
 
 
 class ClmTrainer(Trainer):
@@ -87,6 +88,14 @@ class ClmTrainer(Trainer):
         self.train_order: GlobalOrder | None = None  # built by get_train_dataloader
         self._resume_data: dict[str, Any] | None = None  # the data position train() resumes from
         callbacks = [*(kwargs.pop("callbacks", None) or []), run.token_counter, *run.callbacks]
+        self.spike_guard = spike_guard(args)
+        if self.spike_guard is not None:
+            callbacks.append(self.spike_guard)
+        self._window_loss: torch.Tensor | None = None  # this process's loss of the accumulation window, for the guard
+        self._schedule_steps, budget = token_budget(  # under max_tokens: the steps the schedule spans
+            args, run.data.train, args.world_size, run.token_counter, lambda: self.accelerator
+        )
+        callbacks += budget
         super().__init__(
             model=model,
             args=args,
@@ -147,7 +156,21 @@ class ClmTrainer(Trainer):
         """One micro-step; a NaN or inf loss stops training with the step and last checkpoint named."""
         loss = super().training_step(model, inputs, num_items_in_batch)
         self._divergence.check(loss, self.state.global_step + 1, self.args.output_dir)
+        if self.spike_guard is not None:
+            self._window_loss = loss if self._window_loss is None else self._window_loss + loss
         return loss
+
+    def _get_grad_norm(self, model: nn.Module, grad_norm: Any = None) -> Any:
+        """The Trainer's gradient norm of the step; with the spike guard, also whether to skip its update (the same
+        decision on every process: the window's loss is averaged over them, the norm is global already)."""
+        grad_norm = super()._get_grad_norm(model, grad_norm)
+        if self.spike_guard is not None and self._window_loss is not None:
+            loss = self.accelerator.reduce(self._window_loss, "mean").item()
+            self._window_loss = None
+            step = self.state.global_step + 1
+            skip = self.spike_guard.should_skip(step, loss, float(grad_norm))
+            skip_next_update(self.optimizer, skip)
+        return grad_norm
 
     # ---- checkpoints: written whole or not at all, checked before anything is loaded (clmkit.training.checkpoint)
 
@@ -288,7 +311,8 @@ class ClmTrainer(Trainer):
         if self.lr_scheduler is None:
             optimizer = optimizer or self.optimizer
             assert optimizer is not None, "create_optimizer runs first"
-            self.lr_scheduler = build_scheduler(self.args, optimizer, num_training_steps)  # type: ignore[assignment]
+            steps = self._schedule_steps or num_training_steps
+            self.lr_scheduler = build_scheduler(self.args, optimizer, steps)  # type: ignore[assignment]
             self._created_lr_scheduler = True
         return cast(torch.optim.lr_scheduler.LRScheduler, self.lr_scheduler)
 
