@@ -22,7 +22,7 @@ from clmkit.errors import ClmkitError
 logger = logging.getLogger("clmkit")
 
 COMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
-    "train": (cmd_train, "train a tokenizer and a causal LM (defaults: the stdlib, 450 steps, about 2 minutes on a CPU)"),
+    "train": (cmd_train, "train a tokenizer and a causal LM (defaults: the stdlib, 450 steps, ~2 minutes on a CPU)"),
     "prepare": (cmd_prepare, "tokenize and chunk a corpus once, for train"),
     "eval": (cmd_eval, "perplexity and bits per byte of a saved model"),
     "generate": (cmd_generate, "complete a prompt with a saved model"),
