@@ -12,26 +12,14 @@ clmkit makes, so the crossover can be checked on the machine at hand.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from muon_step import median_seconds
 from time_to_quality import command_line, environment, print_header
 
 from clmkit.training.attention import FP32_MAX_BLOCK, fp32_is_faster
-
-
-def seconds(step: Callable[[], None], repeats: int) -> float:
-    """Median seconds of ``step`` after one untimed call."""
-    step()
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
 
 
 def attention_step(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dtype: torch.dtype) -> Callable[[], None]:
@@ -60,9 +48,9 @@ def main() -> None:
         for size in (int(x) for x in options.head_sizes.split(",")):
             shape = (max(1, options.batch_tokens // length), options.heads, length, size)
             q, k, v = (torch.randn(shape, dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
-            half = seconds(attention_step(q, k, v, torch.bfloat16), options.repeats)
-            full = seconds(attention_step(q, k, v, torch.float32), options.repeats)
-            chosen = "fp32" if fp32_is_faster(q) else "bf16"
+            half = median_seconds(attention_step(q, k, v, torch.bfloat16), options.repeats)
+            full = median_seconds(attention_step(q, k, v, torch.float32), options.repeats)
+            chosen = "fp32" if fp32_is_faster(q, v) else "bf16"
             print(f"| {length} | {size} | {half * 1e3:.1f} | {full * 1e3:.1f} | {full / half:.2f} | {chosen} |")
 
 
