@@ -68,6 +68,9 @@ def test_sequential_order_and_epochs() -> None:
 def test_a_dataset_smaller_than_one_global_batch_is_refused() -> None:
     with pytest.raises(DataError, match="fewer than one global batch of 16"):
         GlobalOrder(numbered(10), ids, BatchLayout(8, 1, 2, 0), seed=0)
+    order = GlobalOrder(numbered(10).to_iterable_dataset(), ids, BatchLayout(8, 1, 2, 0), seed=0)
+    with pytest.raises(DataError, match="stream holds fewer examples than one global batch of 16"):
+        next(iter(order))  # not a loop that never yields
 
 
 def read(shards: list[range]) -> Any:

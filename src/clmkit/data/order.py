@@ -155,6 +155,12 @@ class GlobalOrder(torch.utils.data.IterableDataset):
         if self.streamed:
             examples = self._next_stream_step()
             if examples is None:
+                if self.position["steps_in_epoch"] == 0:
+                    raise DataError(
+                        f"the train stream holds fewer examples than one global batch of {self.layout.global_batch}, "
+                        "so no step can be taken. Use a smaller per_device_train_batch_size or "
+                        "gradient_accumulation_steps, or more text."
+                    )
                 self.position.update(epoch=self.position["epoch"] + 1, steps_in_epoch=0, stream=None)
                 return None
         else:
