@@ -83,3 +83,12 @@ def test_the_cli_trains_by_a_budget_instead_of_its_default_steps(tmp_path):
     assert values["max_tokens"] == 100000
     with pytest.raises(ConfigError, match="both set"):
         parse_train_args(["--max_tokens", "1000", "--max_steps", "5", "--output_dir", str(tmp_path / "o")])
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+def test_a_stream_trains_to_a_budget_without_max_steps(path, clmkit_args, clmkit_model, clmkit_tokenizer):
+    args = clmkit_args(max_tokens=3 * PER_STEP, logging_strategy="steps", logging_steps=1)
+    stream = rows(200).to_iterable_dataset()
+    run = PATHS[path](model=clmkit_model(), args=args, processing_class=clmkit_tokenizer, train_dataset=stream)
+    run.train()
+    assert run.state.global_step == 3 and target_logs(run)[-1] == 3 * PER_STEP

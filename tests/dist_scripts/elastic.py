@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import torch.distributed as dist
 from resumable import train
 
 SAVE_STEPS = 3
@@ -39,3 +40,6 @@ def run(workdir: Path, out: Path, path: str, kind: str, processes: int, resume: 
 if __name__ == "__main__":
     workdir, out, path, kind, processes = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
     run(workdir, out, path, kind, int(processes), sys.argv[6] if len(sys.argv) > 6 else None)
+    if dist.is_initialized():  # shut gloo down on every process together: one exiting first can abort the other
+        dist.barrier()
+        dist.destroy_process_group()

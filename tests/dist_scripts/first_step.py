@@ -137,3 +137,6 @@ def run(workdir: Path, out: Path) -> None:
 
 if __name__ == "__main__":
     run(Path(sys.argv[1]), Path(sys.argv[2]))
+    if dist.is_initialized():  # shut gloo down on every process together: one exiting first can abort the other
+        dist.barrier()
+        dist.destroy_process_group()

@@ -45,6 +45,14 @@ def _setup_logging() -> None:
     logger.propagate = False
 
 
+def _end_distributed() -> None:
+    """Under torchrun, end every process together: one exiting while another tears down gloo can abort it."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``clmkit`` console script; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -68,7 +76,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     hf_logging.disable_progress_bar()  # weight loading and saving bars; training and data bars stay
     _setup_logging()
     try:
-        return COMMANDS[command][0](rest)
+        code = COMMANDS[command][0](rest)
+        _end_distributed()
+        return code
     except SystemExit as exc:  # argparse: --help (0) or a usage error (2), already printed
         return exc.code if isinstance(exc.code, int) else 0
     except ClmkitError as exc:

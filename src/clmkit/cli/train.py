@@ -158,7 +158,8 @@ def train_in(
     out = folder.path
     data = source.load(args.text_column)
     plugins.check_names(args, chunker_names(data.splits["train"], args.chunker))  # a mixture's sources
-    check_streaming_steps(data.splits["train"], args.max_steps)  # before the tokenizer (a mixture's: when prepared)
+    # before the tokenizer trains (a mixture's streams: when prepared)
+    check_streaming_steps(data.splits["train"], args.max_steps, args.max_tokens)
     if checkpoint:
         tokenizer = load_tokenizer(checkpoint)
     else:

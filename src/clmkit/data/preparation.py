@@ -59,7 +59,7 @@ def prepare_datasets(
     prepared = PreparedData(None, None)
     preparer = Preparer(tokenizer, args, plugins, collator, prepared.stats, prepared.filter_reports)
     prepared.train = preparer.prepare(train_dataset, chunker, "train")
-    check_streaming_steps(prepared.train, args.max_steps)
+    check_streaming_steps(prepared.train, args.max_steps, args.max_tokens)
     if isinstance(eval_dataset, Mapping):
         prepared.eval = {k: preparer.prepare(v, chunker, f"eval_{k}") for k, v in eval_dataset.items()}
     else:

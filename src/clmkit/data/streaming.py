@@ -17,12 +17,12 @@ from clmkit.data.filters import FilterChain
 from clmkit.errors import ConfigError, DataError
 
 
-def check_streaming_steps(train_examples: Any, max_steps: int) -> None:
-    """A streamed train split has no length, so the run must be told how many steps to take."""
-    if isinstance(train_examples, IterableDataset) and max_steps <= 0:
+def check_streaming_steps(train_examples: Any, max_steps: int, max_tokens: int | None = None) -> None:
+    """A streamed train split has no length, so the run must be told how long to train: steps or a token budget."""
+    if isinstance(train_examples, IterableDataset) and max_steps <= 0 and max_tokens is None:
         raise ConfigError(
             "the train dataset is streamed (an IterableDataset has no length), so the number of steps is unknown. "
-            "Set max_steps (--max_steps N)."
+            "Set max_steps (--max_steps N) or a token budget (--max_tokens N)."
         )
 
 
