@@ -97,3 +97,19 @@ def test_example_configs_are_valid_accelerate_configs(name, kind):
 
     config = load_config_from_file(str(CONFIGS / f"{name}.yaml"))  # unknown or misspelled keys raise
     assert config.distributed_type == kind
+
+
+def test_clmkit_train_runs_under_torchrun_and_every_process_exits_cleanly(tmp_path, clmkit_corpus):
+    """`torchrun -m clmkit.cli train`: both ranks train, rank 0 writes the folder, and both exit 0 (they end the
+    process group together; a rank exiting first can abort the other after a finished run)."""
+    from cli_flags import TINY
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i, text in enumerate(clmkit_corpus[:10]):
+        (corpus / f"f{i}.py").write_text(text)
+    out = tmp_path / "out"
+    flags = ["--dataset", str(corpus), *TINY, "--per_device_train_batch_size", "4", "--max_steps", "3"]
+    launch([*LAUNCHERS["torchrun"](), "-m", "clmkit.cli", "train", *flags, "--output_dir", str(out)])
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["global_step"] == 3 and metrics["tokens_seen"] == 3 * 2 * 4 * 64  # 2 processes x batch 4

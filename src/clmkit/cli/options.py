@@ -372,7 +372,9 @@ def parse_train_args(
         values.update({f.name: getattr(options, f.name) for f in fields(options) if f.init and f.name not in NOT_SAVED})
     if mixture is not None:
         values[MIXTURE_KEY] = mixture
-    baseline = ClmTrainingArguments(output_dir=args.output_dir).to_dict()  # output_dir is already in
+    # every TrainingArguments sets accelerate's one process state up again: the baseline gets the run's use_cpu,
+    # or under torchrun on CPUs it would reset the process group to a single process
+    baseline = ClmTrainingArguments(output_dir=args.output_dir, use_cpu=args.use_cpu).to_dict()
     values.update(
         {
             k: v
@@ -380,8 +382,9 @@ def parse_train_args(
             if (k in TRAIN_DEFAULTS or baseline.get(k) != v) and k not in NOT_SAVED
         }
     )
-    if "use_cpu" not in explicit:  # a fact of this machine: the run's file must train on a GPU elsewhere
-        values.pop("use_cpu", None)
+    values.pop("use_cpu", None)  # a fact of this machine: the run's file must train on a GPU elsewhere
+    if "use_cpu" in explicit:
+        values["use_cpu"] = args.use_cpu
     return source, tok, run, args, values
 
 

@@ -198,7 +198,10 @@ def train_in(
     logger.info("final evaluation on the whole validation split (%d examples)", len(full_eval))
     final = trainer.evaluate(eval_dataset=full_eval)
     check_final_eval(final, out)  # an inf perplexity is no success: nothing is saved as the result
-    folder.save_model(trainer)
+    folder.save_model(trainer)  # every process: FSDP and ZeRO-3 gather the weights there; the main one writes
+    trainer.accelerator.wait_for_everyone()
+    if not trainer.accelerator.is_main_process:
+        return 0  # under torchrun the main process samples, and writes the metrics and the model card
 
     samples = sample_completions(out, run.prompts, run.max_new_tokens)
     metrics = {
