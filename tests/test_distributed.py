@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
+from safetensors.torch import load_file
 
 SCRIPTS = Path(__file__).parent / "dist_scripts"
 sys.path.insert(0, str(SCRIPTS))
@@ -77,7 +77,7 @@ def test_two_processes_match_one(launcher, workdir, single, tmp_path, clmkit_tok
         report, reference = (json.loads((d / f"{path}.json").read_text()) for d in (tmp_path, single))
         assert (report["world_size"], reference["world_size"]) == (2, 1)
         for name in losses(clmkit_tokenizer):
-            two, one = (torch.load(d / f"{path}-{name}.pt") for d in (tmp_path, single))
+            two, one = (load_file(d / f"{path}-{name}.safetensors") for d in (tmp_path, single))
             assert two.keys() == one.keys()
             worst = max(((two[k] - one[k]).norm() / one[k].norm()).item() for k in one)
             assert worst < 1e-5, f"{path} {name}: gradients of 2 x 16 differ from 1 x 32 by {worst:.2e} (relative)"
@@ -113,3 +113,5 @@ def test_clmkit_train_runs_under_torchrun_and_every_process_exits_cleanly(tmp_pa
     launch([*LAUNCHERS["torchrun"](), "-m", "clmkit.cli", "train", *flags, "--output_dir", str(out)])
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["global_step"] == 3 and metrics["tokens_seen"] == 3 * 2 * 4 * 64  # 2 processes x batch 4
+    written = set(json.loads((out / ".clmkit").read_text())["entries"])  # kept by the main process alone
+    assert {"model.safetensors", "metrics.json", "README.md", "training_args.yaml"} <= written

@@ -99,7 +99,10 @@ class OutputFolder:
             _lock(handle, lock_path)  # released when the handle closes
 
     def record(self, names: Iterable[str]) -> None:
-        """Add ``names`` to the entries clmkit wrote here (the marker is rewritten atomically)."""
+        """Add ``names`` to the entries clmkit wrote here (the marker is rewritten atomically, by the main process
+        of a multi-process launch only: two processes rewriting it could each drop the other's entries)."""
+        if not _main_process():
+            return
         from clmkit import __version__
         from clmkit.report import write_json
 
@@ -167,7 +170,7 @@ class OutputFolder:
         lock afterwards (a run that failed before writing) is removed again. Only the main process
         of a multi-process launch locks.
         """
-        if os.environ.get("RANK", "0") != "0":
+        if not _main_process():
             yield self
             return
         try:
@@ -245,3 +248,8 @@ def check_overwritable(folder: Path, inputs: Sequence[str | Path | None]) -> Non
                 f"--overwrite would replace files in {str(folder)!r}, which holds the run's input {str(item)!r}. "
                 "Pass another --output_dir."
             )
+
+
+def _main_process() -> bool:
+    """Whether this is the main process of a launch (``torchrun`` sets ``RANK``), the one that keeps the folder."""
+    return os.environ.get("RANK", "0") == "0"

@@ -1,7 +1,7 @@
 """The first optimizer step of every built-in loss on both paths, launched with 1 or 2 processes by the tests.
 
 Rank 0 saves the gradients seen right before the first optimizer step (after the all-reduce) to
-``OUT/<path>-<loss>.pt``. The global batch is 32 examples whatever the number of processes, so
+``OUT/<path>-<loss>.safetensors``. The global batch is 32 examples whatever the number of processes, so
 2 x 16 must give the gradients of 1 x 32. ``OUT/<path>.json`` gets the number of processes, the
 eval metrics over an eval set that does not divide evenly across processes, and how many gradient
 all-reduces DDP ran in 2 optimizer steps with 1 and with 4 micro-batches per step.
@@ -17,10 +17,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import torch
 import torch.distributed as dist
 from common import CONTEXT, load_inputs, runner, tiny_model
 from datasets import Dataset
+from safetensors.torch import save_file
 from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 from torch.nn.parallel import DistributedDataParallel
 from transformers import TrainerCallback
@@ -48,7 +48,7 @@ class SaveFirstGradients(TrainerCallback):
 
     def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
         if state.global_step == 0 and state.is_world_process_zero:
-            torch.save({n: p.grad.detach().clone() for n, p in model.named_parameters()}, self.path)
+            save_file({n: p.grad.detach().contiguous() for n, p in model.named_parameters()}, self.path)
 
 
 class CountAllReduces(TrainerCallback):
@@ -123,7 +123,7 @@ def run(workdir: Path, out: Path) -> None:
                 processing_class=tokenizer,
                 train_dataset=train,
                 eval_dataset=eval_set,
-                callbacks=[SaveFirstGradients(out / f"{path}-{name}.pt")],
+                callbacks=[SaveFirstGradients(out / f"{path}-{name}.safetensors")],
             )
             trained.train()
         report = {

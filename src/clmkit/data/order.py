@@ -1,11 +1,11 @@
 """The global order of training examples: the same batches on any number of processes, resumed at once.
 
 Every optimizer step takes the next ``global_batch = per_device x processes x accumulation`` examples
-of one global sequence, fixed by the dataset and the seed alone. Micro-batch ``m`` of the step on
-process ``r`` is the step's slot ``m * processes + r`` (``per_device`` examples each) — accelerate's
-round-robin sharding of batches — so 2 processes x batch 8 and 1 process x batch 8 x accumulation 2
-see the same 16 examples per step. A map-style dataset is read in the order of
-``torch.randperm(n)`` seeded with ``seed + epoch`` (the Trainer's seeded sampler; ``sequential`` reads
+of one global sequence, fixed by the dataset and the random seed (``data_seed``, else ``seed``) alone.
+Micro-batch ``m`` of the step on process ``r`` is the step's slot ``m * processes + r`` (``per_device``
+examples each) — accelerate's round-robin sharding of batches — so 2 processes x batch 8 and 1 process
+x batch 8 x accumulation 2 see the same 16 examples per step. A map-style dataset is read in the order
+of ``torch.randperm(n)`` seeded with that seed plus the epoch (the Trainer's seeded sampler; ``sequential`` reads
 it in order); an epoch's last, incomplete global batch is left out, so every process always has a
 full micro-batch. A stream (``datasets.IterableDataset``: streamed, filtered, packed, mixed) is read
 whole on every process, which keeps its share.
@@ -178,7 +178,8 @@ class GlobalOrder(torch.utils.data.IterableDataset):
         return self.dataset.__getitems__(indices)  # what a DataLoader would fetch
 
     def _order(self, epoch: int) -> list[int]:
-        """The epoch's order of example indices: ``randperm`` seeded with ``seed + epoch``, as the Trainer's sampler."""
+        """The epoch's order of example indices: ``randperm`` seeded with the run's seed plus the epoch, as the
+        Trainer's sampler."""
         if self._permutation is None or self._permutation[0] != epoch:
             n = len(self.dataset)
             if self.shuffle:

@@ -208,7 +208,9 @@ def _launch(
     if done.returncode != 0:
         raise AssertionError(f"the {processes}-process first step failed:\n{(done.stdout + done.stderr)[-4000:]}")
     logged = json.loads((work / "loss.json").read_text())
-    return FirstStep(torch.load(work / "gradients.pt"), float(logged))
+    from safetensors.torch import load_file
+
+    return FirstStep(load_file(work / "gradients.safetensors"), float(logged))  # tensors only: no pickle
 
 
 def _free_port() -> int:
@@ -221,7 +223,6 @@ def run_worker(folder: str) -> None:
     """One process of a multi-process first step; the main one saves the gradients and the logged loss."""
     import importlib
 
-    import torch
     from datasets import load_from_disk
     from transformers import AutoTokenizer
 
@@ -239,7 +240,9 @@ def run_worker(folder: str) -> None:
         spec["chunked_loss"],
     )
     if main:
-        torch.save(step.gradients, work / "gradients.pt")
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in step.gradients.items()}, work / "gradients.safetensors")
         (work / "loss.json").write_text(json.dumps(step.loss))
 
 
