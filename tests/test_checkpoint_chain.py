@@ -239,26 +239,24 @@ def test_rotation_keeps_the_limit_the_newest_and_what_it_is_told(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-8"]  # the newest is never deleted
 
 
+@pytest.mark.parametrize(
+    ("folder", "refusal"),
+    [
+        ("checkpoint-2", "is not a clmkit checkpoint, so clmkit will not replace it"),
+        # a ``.partial-checkpoint-N`` goes only when its owner file says a save of clmkit's left it
+        (".partial-checkpoint-2", "clmkit did not write it .* will not delete or replace it. Move it"),
+    ],
+)
 @pytest.mark.parametrize("path", list(RUNNERS))
-def test_a_user_folder_with_a_checkpoint_name_is_not_replaced(path, make_run, tmp_path):
+def test_a_user_folder_with_a_checkpoint_name_is_never_replaced_or_deleted(path, folder, refusal, make_run, tmp_path):
     out = tmp_path / "out"
-    (out / "checkpoint-2").mkdir(parents=True)
-    (out / "checkpoint-2" / "notes.txt").write_text("mine\n")
-    with pytest.raises(CheckpointError, match="is not a clmkit checkpoint, so clmkit will not replace it"):
+    (out / folder).mkdir(parents=True)
+    (out / folder / "notes.txt").write_text("mine\n")
+    with pytest.raises(CheckpointError, match=refusal):
         make_run(path, out).train()
-    assert [p.name for p in (out / "checkpoint-2").iterdir()] == ["notes.txt"]
-    assert not (out / ".partial-checkpoint-2").exists()
-
-
-@pytest.mark.parametrize("path", list(RUNNERS))
-def test_a_user_folder_with_a_partial_checkpoint_name_is_never_deleted(path, make_run, tmp_path):
-    """clmkit removes a ``.partial-checkpoint-N`` only when its owner file says a save of clmkit's left it."""
-    out = tmp_path / "out"
-    (out / ".partial-checkpoint-2").mkdir(parents=True)
-    (out / ".partial-checkpoint-2" / "notes.txt").write_text("mine\n")
-    with pytest.raises(CheckpointError, match="clmkit did not write it .* will not delete or replace it. Move it"):
-        make_run(path, out).train()
-    assert [p.name for p in (out / ".partial-checkpoint-2").iterdir()] == ["notes.txt"]
+    assert [p.name for p in (out / folder).iterdir()] == ["notes.txt"]
+    if folder == "checkpoint-2":  # refused before the save began: no partial folder of its own was left either
+        assert not (out / ".partial-checkpoint-2").exists()
 
 
 # ---- exact counters, no pickles in the output ------------------------------------------------------------

@@ -119,7 +119,7 @@ class ClmLoop:
             gradient_accumulation_plugin=GradientAccumulationPlugin(
                 num_steps=args.gradient_accumulation_steps, sync_with_dataloader=False
             ),
-            dataloader_config=DataLoaderConfiguration(  # the Trainer's: same sampler seed, same sharding
+            dataloader_config=DataLoaderConfiguration(  # the Trainer's, for eval (training reads the global order)
                 split_batches=accelerator_config.split_batches,
                 dispatch_batches=accelerator_config.dispatch_batches,
                 even_batches=accelerator_config.even_batches,
