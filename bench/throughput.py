@@ -3,7 +3,8 @@
 - raw: ``loss = model(input_ids=x, labels=x).loss; loss.backward(); clip_grad_norm_(params, 1.0);
   optimizer.step(); optimizer.zero_grad()`` under bf16 autocast when the precision is bf16;
 - clmkit: ``ClmTrainer`` with ``clmkit train``'s defaults (batch 16, context 128, chunked loss), the
-  same precision, evaluation, checkpoints and logging off.
+  same precision, evaluation, checkpoints and logging off; it runs the model as every ClmTrainer
+  does (fused modules, on a CPU its attention choice: ``clmkit.training.fused``/``attention``).
 
 Both sides step the same optimizer at equal settings: the one ``--optimizer`` names (default
 ``adamw``: torch's fused AdamW with ``clmkit train``'s learning rate, betas and weight decay;

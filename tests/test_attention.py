@@ -1,14 +1,18 @@
-"""CPU attention under half-precision autocast: small blocks in fp32, the model's config untouched outside."""
+"""CPU attention under half-precision autocast: small blocks in fp32; saved models keep sdpa."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
+from transformers import AutoModelForCausalLM
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+from clmkit import ClmTrainer
 from clmkit.models import build_model, model_config
-from clmkit.training.attention import NAME, clmkit_attention, cpu_sdpa_attention, fp32_is_faster
-from clmkit.training.forward import forward_for_loss
+from clmkit.training.attention import NAME, cpu_sdpa_attention, fp32_is_faster, use_cpu_attention
+from clmkit.training.loop import ClmLoop
 
 
 def qkv(length: int, head_size: int, dtype: torch.dtype) -> list[torch.Tensor]:
@@ -59,33 +63,33 @@ def test_a_query_promoted_to_fp32_by_rotary_positions_still_counts_as_bf16() -> 
     assert out.dtype == torch.bfloat16 and torch.equal(out, expected.to(torch.bfloat16))
 
 
-@pytest.mark.parametrize("architecture", ["gpt2", "qwen3"])
-def test_forward_uses_it_on_cpu_and_restores_the_config(architecture: str) -> None:
-    torch.manual_seed(0)
-    model = build_model(model_config(architecture, "test", 128, 32, 0))
-    assert model.config._attn_implementation == "sdpa"
-    batch = {"input_ids": torch.randint(0, 128, (2, 32)), "labels": torch.randint(0, 128, (2, 32))}
-    seen: list[str] = []
-    hook = model.model if hasattr(model, "model") else model.transformer
-    handle = hook.register_forward_pre_hook(lambda *_: seen.append(model.config._attn_implementation))
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        forward_for_loss(model, batch, hidden_states=True)
+@pytest.mark.parametrize("path", [ClmTrainer, ClmLoop])
+@pytest.mark.parametrize("checkpointing", [{}, {"use_reentrant": False, "every_n_layers": 1}])
+def test_both_paths_attend_through_it_on_cpu_even_under_gradient_checkpointing_and_save_sdpa(
+    path, checkpointing, clmkit_args, clmkit_model, clmkit_tokenizer, raw_datasets, tmp_path
+) -> None:
+    model = clmkit_model(architecture="qwen3")
+    calls = []
+    handle = model.model.layers[0].self_attn.register_forward_pre_hook(
+        lambda module, *_: calls.append(module.config._attn_implementation)
+    )
+    args = clmkit_args(
+        max_steps=2, bf16=True, activation_checkpointing=True, activation_checkpointing_kwargs=checkpointing or None
+    )
+    run = path(model=model, args=args, processing_class=clmkit_tokenizer, train_dataset=raw_datasets["train"])
+    # the recomputation in backward attends like the forward did (it once ran plain sdpa and failed)
+    assert math.isfinite(run.train().training_loss)
     handle.remove()
-    assert seen == [NAME]
-    assert model.config._attn_implementation == "sdpa"
-    assert "clmkit" not in model.config.to_json_string()
+    assert calls and set(calls) == {NAME}
+    run.save_model(str(tmp_path / "saved"))
+    assert "clmkit" not in (tmp_path / "saved" / "config.json").read_text()
+    assert AutoModelForCausalLM.from_pretrained(tmp_path / "saved").config._attn_implementation == "sdpa"
 
 
-def test_the_config_is_restored_when_the_forward_raises() -> None:
+def test_only_sdpa_on_a_cpu_is_changed() -> None:
     model = build_model(model_config("gpt2", "test", 128, 32, 0))
-    with pytest.raises(RuntimeError), clmkit_attention(model):
-        assert model.config._attn_implementation == NAME
-        raise RuntimeError("boom")
+    assert not use_cpu_attention(model, torch.device("cuda"))
     assert model.config._attn_implementation == "sdpa"
-
-
-def test_eager_attention_is_left_alone() -> None:
-    model = build_model(model_config("gpt2", "test", 128, 32, 0))
     model.config._attn_implementation = "eager"
-    with clmkit_attention(model):
-        assert model.config._attn_implementation == "eager"
+    assert not use_cpu_attention(model, torch.device("cpu"))
+    assert model.config._attn_implementation == "eager"

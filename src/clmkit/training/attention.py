@@ -4,16 +4,14 @@ torch's CPU flash-attention kernel in bfloat16 is slower than in fp32 for small 
 size) blocks: forward+backward over 2,048 tokens x 4 heads on a 2-core AMX CPU with torch 2.13, fp32
 takes 0.30-0.52x bf16's time at 64-128 tokens with heads of 32-64 dims, 0.89x at 128 x 128, and
 1.09-1.88x from 256 x 64 on (``bench/cpu_attention.py`` measures the crossover on the machine at
-hand). While ``clmkit_attention`` is active, a model that uses transformers' ``sdpa`` attention runs
-it through ``cpu_sdpa_attention``, which computes those small blocks in fp32 (autocast off) and
-returns the half-precision dtype: the same attention in a higher precision, so nothing is lost. The
+hand). A model that uses transformers' ``sdpa`` attention and trains on a CPU runs it through
+``cpu_sdpa_attention`` (``use_cpu_attention``), which computes those small blocks in fp32 (autocast
+off) and returns the half-precision dtype: the same attention in a higher precision, so nothing is lost. The
 choice depends only on shapes and dtypes, never on timings, so two runs compute bit-identical results.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -55,20 +53,16 @@ AttentionInterface.register(NAME, cpu_sdpa_attention)
 ALL_MASK_ATTENTION_FUNCTIONS.register(NAME, sdpa_mask)
 
 
-@contextmanager
-def clmkit_attention(model: nn.Module) -> Iterator[None]:
-    """While active, a CPU model whose config asks for ``sdpa`` attention uses ``cpu_sdpa_attention``.
+def use_cpu_attention(model: nn.Module, device: torch.device) -> bool:
+    """Make a model that uses transformers' ``sdpa`` attention run ``cpu_sdpa_attention`` when training on a CPU.
 
-    Only the forward consults the config (backward replays what the forward recorded), and the config is
-    restored on exit, so checkpoints and saved models keep ``sdpa`` and load anywhere.
+    Both training paths call it once, before the model is wrapped or compiled, so every forward
+    (training, evaluation, a recomputation under gradient checkpointing, generation) attends the
+    same way. The attention implementation is not part of a saved config, so a saved model loads
+    with ``sdpa``. Returns whether it changed the model.
     """
     config = getattr(model, "config", None)
-    device = next(model.parameters(), torch.empty(0)).device
-    if config is None or getattr(config, "_attn_implementation", None) != "sdpa" or device.type != "cpu":
-        yield
-        return
+    if device.type != "cpu" or config is None or getattr(config, "_attn_implementation", None) != "sdpa":
+        return False
     config._attn_implementation = NAME
-    try:
-        yield
-    finally:
-        config._attn_implementation = "sdpa"
+    return True

@@ -1,7 +1,9 @@
 """The one assembly of a training run, shared by ``ClmTrainer`` and ``ClmLoop``.
 
 Both paths build a run with ``assemble``: check the arguments, load the plugins, check every name
-the run uses, let plugins adapt model and tokenizer (``clmkit_prepare_model``), check their sizes,
+the run uses, let plugins adapt model and tokenizer (``clmkit_prepare_model``), swap composite
+modules for fused equivalents (``clmkit.training.fused``) and, on a CPU, choose the attention
+(``clmkit.training.attention``), check their sizes,
 build loss, collator and chunker from the registries, prepare the data once (under
 ``main_process_first``, so one process per node tokenizes and the others read its cache) and count
 tokens. The pieces of a training step that both paths run are here too: the optimizer over the
@@ -29,13 +31,16 @@ from clmkit.args import ClmTrainingArguments
 from clmkit.data.chunking import Chunker, ChunkStats
 from clmkit.data.filters import FilterReport
 from clmkit.data.preparation import PreparedData, chunker_names, prepare_datasets
+from clmkit.device import training_device
 from clmkit.errors import ClmkitError, ConfigError, DataError
 from clmkit.hookspecs import Collator
 from clmkit.plugins import Plugins
 from clmkit.training.accounting import TokenCounter
+from clmkit.training.attention import use_cpu_attention
 from clmkit.training.checkpoint import is_clmkit_checkpoint
 from clmkit.training.flops import MfuMeter, flops_per_token, peak_tflops
 from clmkit.training.forward import forward_for_loss
+from clmkit.training.fused import fuse_modules
 from clmkit.training.losses import Loss, LossInputs
 from clmkit.training.metrics import ClmMetrics, sample_statistics, token_byte_lengths
 
@@ -91,6 +96,9 @@ def assemble(
     manager.check_names(args, chunkers)
     check_optimizer_options(manager, args)
     manager.prepare_model(model, tokenizer, args, chunkers)
+    if model is not None:
+        fuse_modules(model)
+        use_cpu_attention(model, training_device(args.use_cpu))
     check_tokenizer_and_model(tokenizer, model, args.context_length)
     loss: Loss = manager.build("losses", args.loss, tokenizer=tokenizer, **args.plugin_kwargs("loss"))
     if data_collator is None:

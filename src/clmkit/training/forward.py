@@ -11,7 +11,6 @@ from accelerate.utils import extract_model_from_parallel
 from torch import Tensor, nn
 
 from clmkit.data.packing import model_inputs as packed_model_inputs
-from clmkit.training.attention import clmkit_attention
 from clmkit.training.losses import LossInputs
 
 
@@ -56,17 +55,14 @@ def forward_for_loss(
 
     With ``hidden_states`` and a ``Linear`` output embedding, the final hidden states are captured
     and no logits are computed (``LossInputs.hidden_states`` and ``lm_head`` are set, for the
-    chunked primitive); otherwise ``LossInputs.logits`` holds the model's B x T x V logits. On a CPU,
-    attention runs as ``clmkit.training.attention.clmkit_attention`` chooses. Shared by ``ClmTrainer``
-    and any manual loop, so both score tokens the same way.
+    chunked primitive); otherwise ``LossInputs.logits`` holds the model's B x T x V logits. Shared by
+    ``ClmTrainer`` and any manual loop, so both score tokens the same way.
     """
     model_inputs = packed_model_inputs(batch)  # all but labels; packed documents isolated
-    inner = extract_model_from_parallel(model)
-    head = output_linear(inner) if hidden_states else None
+    head = output_linear(extract_model_from_parallel(model)) if hidden_states else None
     if head is None:
-        with clmkit_attention(inner):
-            outputs = model(**model_inputs)
+        outputs = model(**model_inputs)
         return LossInputs(batch, logits=outputs.logits), outputs
-    with hidden_states_only(head) as captured, clmkit_attention(inner):
+    with hidden_states_only(head) as captured:
         outputs = model(**model_inputs)
     return LossInputs(batch, hidden_states=captured["hidden_states"], lm_head=head, chunk_size=chunk_size), outputs

@@ -163,8 +163,8 @@ class ClmLoop:
         args, acc = self.args, self.accelerator
         if self.train_dataset is None:
             raise ConfigError("ClmLoop.train needs a train_dataset.")
-        if args.gradient_checkpointing:
-            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=args.gradient_checkpointing_kwargs)
+        if args.gradient_checkpointing:  # transformers mirrors activation_checkpointing into its old name
+            enable_checkpointing(self.model, cast(Mapping[str, Any] | None, args.gradient_checkpointing_kwargs))
         optimizer = components.build_optimizer(self.plugins, args, self.model)
         model, optimizer = acc.prepare(self.model, optimizer)
         self.model_wrapped = model
@@ -451,3 +451,16 @@ class ClmLoop:
 def _next_window(batches: Iterator[dict[str, torch.Tensor]], size: int) -> list[dict[str, torch.Tensor]]:
     """The next accumulation window: ``size`` micro-batches, fewer at the end of an epoch, none after it."""
     return [batch for _, batch in zip(range(size), batches, strict=False)]
+
+
+def enable_checkpointing(model: nn.Module, options: Mapping[str, Any] | None) -> None:
+    """Turn on activation checkpointing as the Trainer does: ``every_n_layers`` and ``offload`` go to the model's
+    method, the other options to ``torch.utils.checkpoint``; transformers before ``activation_checkpointing_enable``
+    get ``gradient_checkpointing_enable``."""
+    kwargs = dict(options or {})
+    layers, offload = kwargs.pop("every_n_layers", 1), kwargs.pop("offload", False)
+    enable: Any = getattr(model, "activation_checkpointing_enable", None)
+    if enable is not None:
+        enable(activation_checkpointing_kwargs=kwargs or None, every_n_layers=layers, offload=offload)
+    else:
+        cast(Any, model).gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs or None)
