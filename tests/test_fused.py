@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import pickle
 
 import pytest
 import torch
@@ -93,6 +94,16 @@ def test_half_precision_norms_keep_their_own_forward_and_other_norms_are_not_tou
     model = torch.nn.Sequential(GemmaRMSNorm(16), Scaled(16), LlamaRMSNorm(16))
     assert fuse_modules(model) == {"LlamaRMSNorm": 1}
     assert [is_llama_rms_norm(m) for m in model] == [False, False, True]
+
+
+def test_a_fused_model_survives_pickle_and_deepcopy() -> None:
+    model = torch.nn.Sequential(LlamaRMSNorm(8), NewGELUActivation())
+    fuse_modules(model)
+    x = torch.randn(2, 8)
+    for clone in (pickle.loads(pickle.dumps(model)), copy.deepcopy(model)):
+        assert torch.equal(clone(x), model(x))
+        assert type(clone[1]) is GELUTanh and fused_norms(clone) == [True]
+        assert clone[0].forward.args[0] is clone[0]  # its own norm, not the original's
 
 
 @pytest.mark.parametrize("path", [ClmTrainer, ClmLoop])

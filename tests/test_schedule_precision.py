@@ -64,8 +64,9 @@ def test_both_paths_agree_in_bf16(clmkit_model, clmkit_args, clmkit_tokenizer, c
     assert len(curves[0]) == 4 and curves[1] == pytest.approx(curves[0], rel=1e-4)
 
 
+@pytest.mark.parametrize("architecture", ["gpt2", "qwen3"])  # qwen3: the fused RMSNorm's autograd function, compiled
 def test_torch_compile_trains_the_same_model_on_the_loop(
-    clmkit_model, clmkit_args, clmkit_tokenizer, clmkit_corpus, tmp_path
+    architecture, clmkit_model, clmkit_args, clmkit_tokenizer, clmkit_corpus, tmp_path
 ):
     """ClmLoop compiles through accelerate (``torch_compile``); its losses are the eager Trainer's, up to the
     rounding of fused kernels."""
@@ -78,6 +79,8 @@ def test_torch_compile_trains_the_same_model_on_the_loop(
             logging_strategy="steps",
             logging_steps=1,
         )
-        run = train(cls, clmkit_model(**NO_DROPOUT), args, clmkit_tokenizer, list(clmkit_corpus))
+        overrides = NO_DROPOUT if architecture == "gpt2" else {}
+        model = clmkit_model(architecture=architecture, **overrides)
+        run = train(cls, model, args, clmkit_tokenizer, list(clmkit_corpus))
         curves.append([e["loss"] for e in run.state.log_history if "loss" in e])
     assert len(curves[0]) == 3 and curves[1] == pytest.approx(curves[0], rel=1e-4)
