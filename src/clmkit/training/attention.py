@@ -5,9 +5,10 @@ size) blocks: forward+backward over 2,048 tokens x 4 heads on a 2-core AMX CPU w
 takes 0.30-0.52x bf16's time at 64-128 tokens with heads of 32-64 dims, 0.89x at 128 x 128, and
 1.09-1.88x from 256 x 64 on (``bench/cpu_attention.py`` measures the crossover on the machine at
 hand). A model that uses transformers' ``sdpa`` attention and trains on a CPU runs it through
-``cpu_sdpa_attention`` (``use_cpu_attention``), which computes those small blocks in fp32 (autocast
-off) and returns the half-precision dtype: the same attention in a higher precision, so nothing is lost. The
-choice depends only on shapes and dtypes, never on timings, so two runs compute bit-identical results.
+``cpu_sdpa_attention`` (``use_cpu_attention``), which computes those small blocks in fp32
+(autocast off) and returns the half-precision dtype: the same attention in a higher precision, so
+nothing is lost. The choice depends only on shapes and dtypes, never on timings, so two runs
+compute bit-identical results.
 """
 
 from __future__ import annotations
