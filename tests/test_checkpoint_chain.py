@@ -263,6 +263,19 @@ def test_a_user_folder_with_a_checkpoint_name_is_never_replaced_or_deleted(path,
 
 
 @pytest.mark.parametrize("path", list(RUNNERS))
+def test_resuming_a_finished_run_trains_no_step(path, make_run, tmp_path):
+    """Both paths looked for the end only after a step: a resume from the final checkpoint trained one more."""
+    finished = make_run(path, tmp_path)
+    finished.train()
+    resumed = make_run(path, tmp_path)
+    output = resumed.train(resume_from_checkpoint=str(tmp_path / f"checkpoint-{MAX_STEPS}"))
+    assert resumed.state.global_step == output.global_step == MAX_STEPS
+    assert not (tmp_path / f"checkpoint-{MAX_STEPS + 1}").exists()
+    expected, got = parameters(finished), parameters(resumed)
+    assert all(torch.equal(got[k], expected[k]) for k in expected)
+
+
+@pytest.mark.parametrize("path", list(RUNNERS))
 def test_token_counters_are_exact_across_resume(path, make_run, tmp_path):
     """No log step before the checkpoint (logging_strategy "no"): the counts since the last log are kept too."""
     counts = ("tokens_seen", "target_tokens_seen", "token_slots_seen")

@@ -53,6 +53,8 @@ def test_a_budget_is_exact_across_resume(path, clmkit_args, clmkit_model, clmkit
     assert whole.state.global_step == resumed.state.global_step == 7
     assert whole.token_counter.targets == resumed.token_counter.targets == 7 * PER_STEP
     assert (tmp_path / "whole" / "checkpoint-7").is_dir()  # a last checkpoint where the budget ended
+    again = run(tmp_path / "again", resume=str(tmp_path / "whole" / "checkpoint-7"))  # spent: no step more
+    assert again.state.global_step == 7 and again.token_counter.targets == 7 * PER_STEP
 
 
 def test_packed_rows_hold_fewer_targets_and_the_estimate_counts_them(clmkit_args, clmkit_model, clmkit_tokenizer):

@@ -312,6 +312,19 @@ class DivergedError(NonFiniteLossError):
     """The training loss exploded past its bound, or the final evaluation is not finite."""
 
 
+class CompletedRunStop(TrainerCallback):
+    """Ends a run before its first step when it resumes from a checkpoint that already reached ``max_steps``.
+
+    Both training paths look for the end only after a step, so resuming a finished run trained one
+    step past ``max_steps``; now it trains none and goes on to its final evaluation and save.
+    """
+
+    def on_train_begin(self, args: Any, state: TrainerState, control: Any, **kwargs: Any) -> None:
+        if 0 < state.max_steps <= state.global_step:
+            logger.info("at step %d of max_steps %d: nothing left to train", state.global_step, state.max_steps)
+            control.should_training_stop = True
+
+
 class DivergenceGuard:
     """Stops a run whose training loss became NaN or inf, or exploded: above ``max_loss`` when set, else above
     ``DIVERGENCE_FACTOR`` times the first loss this session saw.

@@ -135,7 +135,8 @@ class ClmLoop:
         reporting = [cb() for cb in get_reporting_integration_callbacks(args.report_to)]
         printer = PrinterCallback() if args.disable_tqdm else ProgressCallback()
         self.callback_handler = CallbackHandler(
-            [DefaultFlowCallback(), run.token_counter, *guards, *run.callbacks, *callbacks, *reporting, printer],
+            [DefaultFlowCallback(), run.token_counter, components.CompletedRunStop(), *guards, *run.callbacks]
+            + [*callbacks, *reporting, printer],
             model,
             processing_class,
             None,

@@ -112,6 +112,10 @@ class TokenBudget(TrainerCallback):
     def __init__(self, counter: TokenCounter, max_tokens: int, accelerator: Callable[[], Any]) -> None:
         self.counter, self.max_tokens, self.accelerator = counter, max_tokens, accelerator
 
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.counter.targets >= self.max_tokens:  # resumed from the checkpoint that reached the budget
+            control.should_training_stop = True
+
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self.counter.fold(self.accelerator())
         if self.counter.targets >= self.max_tokens and not control.should_training_stop:

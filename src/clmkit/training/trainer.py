@@ -32,6 +32,7 @@ from clmkit.training.checkpoint import (
     run_settings,
 )
 from clmkit.training.components import (
+    CompletedRunStop,
     DivergenceGuard,
     assemble,
     build_optimizer,
@@ -87,7 +88,7 @@ class ClmTrainer(Trainer):
         self._divergence = DivergenceGuard(args.max_loss)
         self.train_order: GlobalOrder | None = None  # built by get_train_dataloader
         self._resume_data: dict[str, Any] | None = None  # the data position train() resumes from
-        callbacks = [*(kwargs.pop("callbacks", None) or []), run.token_counter, *run.callbacks]
+        callbacks = [*(kwargs.pop("callbacks", None) or []), run.token_counter, CompletedRunStop(), *run.callbacks]
         self.spike_guard = spike_guard(args)
         if self.spike_guard is not None:
             callbacks.append(self.spike_guard)
@@ -187,6 +188,11 @@ class ClmTrainer(Trainer):
             folder, position = self._check_resume(resume_from_checkpoint)
             resume_from_checkpoint, self._resume_data = str(folder), position["data"]
         return super().train(resume_from_checkpoint, trial, ignore_keys_for_eval)
+
+    def _run_epoch(self, *args: Any, **kwargs: Any) -> None:
+        """The Trainer's epoch, not begun once the run is complete (``CompletedRunStop`` on a finished checkpoint)."""
+        if not self.control.should_training_stop:
+            super()._run_epoch(*args, **kwargs)
 
     def check_resume(self, checkpoint: str | Path | bool) -> str:
         """The checkpoint folder ``train(resume_from_checkpoint=checkpoint)`` would resume from, checked.
